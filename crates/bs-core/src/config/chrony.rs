@@ -1,0 +1,7 @@
+//! `[chrony]`: the settings of bs-chrony. Filled in as the tool lands.
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChronyConfig {}

@@ -1,0 +1,150 @@
+use super::*;
+
+const DEFAULTS: &str = r#"
+[backend]
+name = "default"
+
+[service_account]
+name = "opensafely"
+uid = 10000
+gid = 10000
+home = "/home/opensafely"
+groups = ["docker"]
+
+[paths]
+high_privacy = "/srv/high_privacy"
+medium_privacy = "/srv/medium_privacy"
+
+[users.groups.developers]
+[users.groups.reviewers]
+gid = 10010
+
+[users.lists.developers]
+file = "developers"
+groups = ["developers", "reviewers"]
+"#;
+
+struct Repo {
+    dir: tempfile::TempDir,
+    root: tempfile::TempDir,
+}
+
+impl Repo {
+    fn new(backend_toml: &str) -> Repo {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("backends/test")).unwrap();
+        std::fs::write(dir.path().join("backends/defaults.toml"), DEFAULTS).unwrap();
+        std::fs::write(dir.path().join("backends/test/backend.toml"), backend_toml).unwrap();
+        Repo {
+            dir,
+            root: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn local(&self, text: &str) {
+        std::fs::create_dir_all(self.root.path().join("etc/bs")).unwrap();
+        std::fs::write(self.root.path().join("etc/bs/local.toml"), text).unwrap();
+    }
+
+    fn load(&self) -> Result<Config> {
+        Config::load(
+            &Source {
+                repo: self.dir.path().to_path_buf(),
+                backend: "test".into(),
+            },
+            &Root::new(self.root.path()).unwrap(),
+        )
+    }
+}
+
+#[test]
+fn layers_merge_tables_and_later_layers_win() {
+    let repo = Repo::new(
+        "[backend]\nname = \"test\"\n[users.groups.researchers]\ngid = 10020\n[users.lists.developers]\nfile = \"developers\"\ngroups = [\"developers\"]\n",
+    );
+    repo.local("[http]\ntimeout_secs = 3\n");
+    let c = repo.load().unwrap();
+    assert_eq!(c.backend.name, "test");
+    assert_eq!(c.service_account.uid, 10000);
+    // tables merge: the backend adds a group, the default ones stay
+    assert_eq!(c.users.groups.len(), 3);
+    assert_eq!(c.users.groups["reviewers"].gid, Some(10010));
+    // lists replace
+    assert_eq!(c.users.lists["developers"].groups, vec!["developers"]);
+    assert_eq!(c.http.timeout_secs, 3);
+    assert_eq!(c.sources.len(), 3);
+}
+
+#[test]
+fn an_unknown_key_is_an_error_naming_the_file_and_the_key() {
+    let repo = Repo::new("[backend]\nname = \"test\"\n[users]\nfetch_keyz = true\n");
+    let err = repo.load().unwrap_err();
+    match &err {
+        CoreError::Config { file, key, .. } => {
+            assert!(file.ends_with("backends/test/backend.toml"), "{file:?}");
+            assert_eq!(key, "users.fetch_keyz");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(err.exit(), crate::Exit::Usage);
+}
+
+#[test]
+fn a_bad_value_in_the_local_layer_names_the_local_file() {
+    let repo = Repo::new("[backend]\nname = \"test\"\n");
+    repo.local("[users.groups.reviewers]\ngid = \"ten\"\n");
+    let err = repo.load().unwrap_err();
+    match &err {
+        CoreError::Config { file, key, .. } => {
+            assert!(file.ends_with("etc/bs/local.toml"), "{file:?}");
+            assert_eq!(key, "users.groups.reviewers.gid");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_missing_required_layer_is_an_error() {
+    let repo = Repo::new("");
+    std::fs::remove_file(repo.dir.path().join("backends/test/backend.toml")).unwrap();
+    let err = repo.load().unwrap_err();
+    assert!(matches!(err, CoreError::ConfigLayerMissing { .. }), "{err:?}");
+    assert_eq!(err.exit(), crate::Exit::Usage);
+}
+
+#[test]
+fn a_syntax_error_names_the_file_and_line() {
+    let repo = Repo::new("[backend]\nname = \"test\"\n\n[users\n");
+    let msg = repo.load().unwrap_err().to_string();
+    assert!(msg.contains("backend.toml") && msg.contains("line 4"), "{msg}");
+}
+
+#[test]
+fn a_list_naming_an_undeclared_group_is_refused() {
+    let repo = Repo::new(
+        "[backend]\nname = \"test\"\n[users.lists.x]\nfile = \"x\"\ngroups = [\"nope\"]\n",
+    );
+    let err = repo.load().unwrap_err();
+    match &err {
+        CoreError::Config { file, key, message } => {
+            assert!(file.ends_with("backend.toml"));
+            assert_eq!(key, "users.lists.x.groups");
+            assert!(message.contains("nope"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn backend_names_cannot_walk_out_of_backends() {
+    let repo = Repo::new("[backend]\nname = \"test\"\n");
+    let err = Config::load(
+        &Source {
+            repo: repo.dir.path().to_path_buf(),
+            backend: "../etc".into(),
+        },
+        &Root::new(repo.root.path()).unwrap(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, CoreError::Usage(_)));
+}

@@ -1,0 +1,309 @@
+# shellcheck shell=bash
+# System-test harness, sourced by tests/system/scenarios/*.sh (and by tests/system/run).
+#
+# A scenario starts fresh containers from bs-systest-base:latest (built by
+# tests/images/build-base), each with this checkout at /opt/bs, the release binaries and `just`
+# in /usr/local/bin and sshd running, and asserts from outside with `docker exec`.
+# Containers get no network by default (`--network none`): all test traffic stays on loopback
+# inside a container, or on an internal network the scenario created with st_network.
+#
+# Sourcing this file has no side effects; the first st_start/st_volume/st_network registers a
+# cleanup that, at exit, writes a failure dump (when the scenario failed) and removes everything
+# this scenario created, unless BS_SYSTEST_KEEP=1. Scenarios must not set their own EXIT trap.
+#
+# Environment:
+#   BS_BIN_DIR        where bs-* release binaries are (default <repo>/target/release)
+#   BS_JUST           the `just` binary to copy in (default: `just` on PATH, shims resolved)
+#   BS_SYSTEST_KEEP=1 keep containers, volumes and networks for a look afterwards
+#   ST_LOG_DIR        this scenario's log dir (the runner sets it; else a new temp dir)
+
+ST_REPO=${ST_REPO:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+BS_BIN_DIR=${BS_BIN_DIR:-$ST_REPO/target/release}
+ST_IMAGE=${ST_IMAGE:-bs-systest-base:latest}
+ST_NETWORK=${ST_NETWORK:-none}
+# Everything a scenario creates carries bs.systest=1 (so the runner can find leftovers of killed
+# runs) and bs.systest.run=<pid of the scenario shell> (so cleanup removes exactly ours).
+ST_RUN=$$
+ST_C=""       # the current container: st_exec and friends run there
+ST_RC=0       # exit status of the last st_tool
+ST_JSON=""    # stdout (JSON Lines) of the last st_tool
+ST__INITED=""
+
+# --- messages ------------------------------------------------------------------------------------
+
+st_step() { printf -- '--- %s\n' "$*" >&2; }
+
+# Print an assertion failure and return 1 (so `set -e` ends the scenario right there).
+st_fail() {
+    printf 'ASSERTION FAILED: %s\n' "$*" >&2
+    return 1
+}
+
+st__die() {
+    printf 'systest: error: %s\n' "$*" >&2
+    exit 1
+}
+
+# --- set-up and clean-up -------------------------------------------------------------------------
+
+st__init() {
+    [[ -n $ST__INITED ]] && return 0
+    ST__INITED=1
+    if [[ -z ${ST_LOG_DIR:-} ]]; then
+        ST_LOG_DIR=$(mktemp -d /tmp/bs-systest.XXXXXX)
+        printf 'systest: logs in %s\n' "$ST_LOG_DIR" >&2
+    fi
+    mkdir -p "$ST_LOG_DIR"
+    ST_LAST_JSON="$ST_LOG_DIR/last.json"
+    : >"$ST_LAST_JSON"
+    trap st__on_exit EXIT
+    # Without these, a signal ends bash without running the EXIT trap and containers leak.
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+st__on_exit() {
+    local rc=$?
+    if ((rc != 0)); then
+        st_dump >"$ST_LOG_DIR/dump.txt" 2>&1 || true
+    fi
+    if [[ ${BS_SYSTEST_KEEP:-} == 1 ]]; then
+        printf 'systest: kept (BS_SYSTEST_KEEP=1): %s\n' "$(st__ours container | tr '\n' ' ')" >&2
+    else
+        st__remove_ours
+    fi
+    exit "$rc"
+}
+
+# Names of this scenario's containers, volumes or networks (KIND = container|volume|network).
+st__ours() {
+    case $1 in
+        container) docker ps -a --filter "label=bs.systest.run=$ST_RUN" --format '{{.Names}}' ;;
+        volume) docker volume ls -q --filter "label=bs.systest.run=$ST_RUN" ;;
+        network) docker network ls -q --filter "label=bs.systest.run=$ST_RUN" ;;
+    esac
+}
+
+st__remove_ours() {
+    local c v n
+    for c in $(st__ours container); do docker rm -f -v "$c" >/dev/null 2>&1 || true; done
+    for v in $(st__ours volume); do docker volume rm -f "$v" >/dev/null 2>&1 || true; done
+    for n in $(st__ours network); do docker network rm "$n" >/dev/null 2>&1 || true; done
+}
+
+# The real `just` executable. Version-manager shims (pyenv, asdf) are scripts that exec the real
+# binary found through the host's set-up; copied into a container they cannot work.
+st_just_path() {
+    local j=${BS_JUST:-$(command -v just || true)}
+    [[ -n $j && -f $j ]] || return 1
+    if [[ $(head -c 4 "$j") != $'\177ELF' ]] && command -v pyenv >/dev/null; then
+        j=$(pyenv which just 2>/dev/null) || return 1
+    fi
+    [[ $(head -c 4 "$j") == $'\177ELF' ]] || return 1
+    printf '%s\n' "$j"
+}
+
+# Fail loudly unless every named binary can be copied in: bs-* from $BS_BIN_DIR, or `just`.
+# Call it before st_start in every scenario that runs a tool.
+st_require_bins() {
+    local name missing=()
+    for name in "$@"; do
+        if [[ $name == just ]]; then
+            st_just_path >/dev/null || missing+=("just (no ELF binary found on PATH; set BS_JUST)")
+        elif [[ ! -x $BS_BIN_DIR/$name ]]; then
+            missing+=("$BS_BIN_DIR/$name")
+        fi
+    done
+    if ((${#missing[@]})); then
+        printf 'systest: error: missing binary: %s\n' "${missing[@]}" >&2
+        printf 'systest: build them first: cargo build --release (just test-system does)\n' >&2
+        return 1
+    fi
+}
+
+# st_network NAME: an internal (no route out) network for this scenario; later st_start calls
+# join it. Prints its name.
+st_network() {
+    st__init
+    local n="bs-st-$1-$ST_RUN"
+    docker network create --internal --label bs.systest=1 --label "bs.systest.run=$ST_RUN" \
+        "$n" >/dev/null
+    ST_NETWORK=$n
+    printf '%s\n' "$n"
+}
+
+# st_volume NAME: a Docker volume removed with the scenario. Prints its name (for -v NAME:/path).
+st_volume() {
+    st__init
+    local v="bs-st-$1-$ST_RUN"
+    docker volume create --label bs.systest=1 --label "bs.systest.run=$ST_RUN" "$v" >/dev/null
+    printf '%s\n' "$v"
+}
+
+# st_start NAME [DOCKER-RUN-ARGS...]: start a fresh container and make it the current one
+# (ST_C). It gets the checkout at /opt/bs, the bs-* binaries that exist and `just` in
+# /usr/local/bin, fresh sshd host keys and a running sshd logging to /var/log/sshd.log.
+st_start() {
+    st__init
+    local name="bs-st-$1-$ST_RUN" arg net=(--network "$ST_NETWORK")
+    shift
+    for arg in "$@"; do
+        if [[ $arg == --network* || $arg == --net=* ]]; then net=(); fi
+    done
+    st_step "start container $name"
+    docker run -d --name "$name" --hostname bs-st \
+        --label bs.systest=1 --label "bs.systest.run=$ST_RUN" \
+        "${net[@]}" "$@" "$ST_IMAGE" /bin/sleep infinity >/dev/null
+    ST_C=$name
+
+    # The working tree as it is (uncommitted and untracked files too, minus ignored ones and
+    # target/), so a scenario tests what the developer is looking at.
+    git -C "$ST_REPO" rev-parse --git-dir >/dev/null 2>&1 ||
+        st__die "$ST_REPO is not a git checkout: cannot list the files to copy"
+    git -C "$ST_REPO" ls-files -z -co --exclude-standard |
+        while IFS= read -r -d '' f; do
+            # Deleted-but-tracked files are still listed; tar would fail on them.
+            if [[ $f != target/* ]] && [[ -e $ST_REPO/$f || -L $ST_REPO/$f ]]; then
+                printf '%s\0' "$f"
+            fi
+        done |
+        tar -C "$ST_REPO" --null -T - --owner=0 --group=0 --numeric-owner -c |
+        docker exec -i "$name" sh -c 'mkdir -p /opt/bs && tar -C /opt/bs -x'
+
+    local bins=() f just
+    for f in "$BS_BIN_DIR"/bs-*; do
+        if [[ -f $f && -x $f && $f != *.d ]]; then bins+=("${f##*/}"); fi
+    done
+    if ((${#bins[@]})); then
+        tar -C "$BS_BIN_DIR" --owner=0 --group=0 -c "${bins[@]}" |
+            docker exec -i "$name" tar -C /usr/local/bin -x
+    fi
+    if just=$(st_just_path); then
+        docker cp "$just" "$name:/usr/local/bin/just" >/dev/null
+    fi
+
+    docker exec "$name" sh -c 'ssh-keygen -A >/dev/null && mkdir -p /run/sshd &&
+        /usr/sbin/sshd -E /var/log/sshd.log'
+    st__wait_port 22
+}
+
+# Wait (up to 10 s) until something in the current container listens on TCP port $1.
+st__wait_port() {
+    local i
+    for ((i = 0; i < 100; i++)); do
+        [[ -n $(docker exec "$ST_C" ss -Htln "sport = :$1") ]] && return 0
+        sleep 0.1
+    done
+    st_fail "nothing listens on port $1 in $ST_C after 10 s"
+}
+
+# st_use NAME: make the container started as NAME the current one.
+st_use() { ST_C="bs-st-$1-$ST_RUN"; }
+
+# --- running things in the current container -----------------------------------------------------
+
+# st_exec CMD...: run argv as root (no shell; pass `sh -c` yourself for one).
+st_exec() { docker exec -i "$ST_C" "$@"; }
+
+# st_exec_as USER CMD...: run argv as USER (uid, groups and HOME from the container's files).
+st_exec_as() {
+    local user=$1
+    shift
+    docker exec -i -u "$user" "$ST_C" "$@"
+}
+
+# st_sh 'SHELL TEXT' [ARGS...]: run shell text as root with bash; ARGS become $1...
+st_sh() { docker exec -i "$ST_C" bash -c "$1" st_sh "${@:2}"; }
+
+# st_ssh KEYFILE USER [CMD...]: a real SSH login from inside the container to USER@127.0.0.1 with
+# only KEYFILE (a path in the container, mode 0600, owned by root) as identity.
+st_ssh() {
+    local key=$1 user=$2
+    shift 2
+    docker exec -i "$ST_C" ssh -i "$key" -o IdentitiesOnly=yes -o BatchMode=yes \
+        -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+        -o ConnectTimeout=10 "$user@127.0.0.1" "$@"
+}
+
+# st_tool CMD...: run a tool as root in the current container and keep what it printed. Sets
+# ST_RC (exit status; never fails itself, so check ST_RC) and ST_JSON (stdout, JSON Lines).
+# stdout also goes to $ST_LOG_DIR/last.json and tools.log, stderr to our stderr.
+st_tool() {
+    st_step "run: $*"
+    ST_RC=0
+    docker exec -i "$ST_C" "$@" >"$ST_LAST_JSON" 2>"$ST_LOG_DIR/last.stderr" || ST_RC=$?
+    # shellcheck disable=SC2034 # read by the scenarios
+    ST_JSON=$(<"$ST_LAST_JSON")
+    { printf '### %s (exit %s)\n' "$*" "$ST_RC"; cat "$ST_LAST_JSON"; } >>"$ST_LOG_DIR/tools.log"
+    cat "$ST_LOG_DIR/last.stderr" >&2
+}
+
+# --- assertions: print a clear message and return non-zero ---------------------------------------
+
+assert_eq() {
+    [[ $1 == "$2" ]] || st_fail "$3: expected '$1', got '$2'"
+}
+
+assert_contains() {
+    [[ $1 == *"$2"* ]] || st_fail "$3: '$2' not found in:"$'\n'"$1"
+}
+
+assert_not_contains() {
+    [[ $1 != *"$2"* ]] || st_fail "$3: '$2' found in:"$'\n'"$1"
+}
+
+# assert_success WHAT CMD...: CMD exits 0 (its output is shown only when it does not).
+assert_success() {
+    local what=$1 out rc=0
+    shift
+    out=$("$@" 2>&1) || rc=$?
+    ((rc == 0)) || st_fail "$what: exit $rc from: $*"$'\n'"$out"
+}
+
+# assert_failure WHAT CMD...: CMD exits non-zero.
+assert_failure() {
+    local what=$1 out rc=0
+    shift
+    out=$("$@" 2>&1) || rc=$?
+    ((rc != 0)) || st_fail "$what: succeeded but should have failed: $*"$'\n'"$out"
+}
+
+# assert_json_eq FILTER EXPECTED JSON WHAT: `jq -c FILTER` over JSON (one document or JSON Lines)
+# equals EXPECTED. EXPECTED is JSON (0, true, "x", {"a":1}; several values one a line), or, if it
+# does not parse as JSON, plain text compared with `jq -r FILTER`.
+assert_json_eq() {
+    local filter=$1 expected=$2 json=$3 what=$4 actual norm
+    if norm=$(jq -c . <<<"$expected" 2>/dev/null) && [[ -n $norm ]]; then
+        actual=$(jq -c "$filter" <<<"$json" 2>&1) ||
+            st_fail "$what: jq '$filter' failed: $actual"$'\n'"on: $json" || return 1
+        expected=$norm
+    else
+        actual=$(jq -r "$filter" <<<"$json" 2>&1) ||
+            st_fail "$what: jq '$filter' failed: $actual"$'\n'"on: $json" || return 1
+    fi
+    [[ $actual == "$expected" ]] ||
+        st_fail "$what: jq '$filter' gave '$actual', expected '$expected'"$'\n'"on: $json"
+}
+
+# --- what a failed scenario leaves behind --------------------------------------------------------
+
+# Print the last tool output and every container's relevant logs (called at exit on failure).
+st_dump() {
+    local c f
+    printf '=== last tool stdout (%s) ===\n' "$ST_LAST_JSON"
+    tail -n 50 "$ST_LAST_JSON" 2>/dev/null || true
+    if [[ -s $ST_LOG_DIR/last.stderr ]]; then
+        printf '=== last tool stderr ===\n'
+        tail -n 50 "$ST_LOG_DIR/last.stderr"
+    fi
+    for c in $(st__ours container); do
+        printf '=== %s: docker logs ===\n' "$c"
+        docker logs --tail 50 "$c" 2>&1 || true
+        for f in /var/log/sshd.log /var/log/auth.log /var/log/sudo.log /var/log/syslog; do
+            docker exec "$c" sh -c '[ -s "$1" ] && echo "=== '"$c"': $1 ===" && tail -n 50 "$1"' \
+                sh "$f" 2>/dev/null || true
+        done
+        printf '=== %s: processes ===\n' "$c"
+        docker exec "$c" ps -eo pid,user,args 2>&1 || true
+    done
+}
