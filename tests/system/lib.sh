@@ -48,6 +48,10 @@ st__die() {
 
 st__init() {
     [[ -n $ST__INITED ]] && return 0
+    # A clean-up registered in a subshell would run when that subshell ends, removing what the
+    # scenario just created.
+    [[ $BASHPID == "$$" ]] ||
+        st__die "call st_start/st_network in the scenario's own shell, not in \$(...) or a pipe"
     ST__INITED=1
     if [[ -z ${ST_LOG_DIR:-} ]]; then
         ST_LOG_DIR=$(mktemp -d /tmp/bs-systest.XXXXXX)
@@ -121,22 +125,21 @@ st_require_bins() {
     fi
 }
 
-# st_network NAME: an internal (no route out) network for this scenario; later st_start calls
-# join it. Prints its name.
+# st_network NAME: create an internal network (no route out) for this scenario; the containers
+# started after it join it (ST_NETWORK). Call it directly, not in $(...).
 st_network() {
     st__init
-    local n="bs-st-$1-$ST_RUN"
+    ST_NETWORK="bs-st-$1-$ST_RUN"
     docker network create --internal --label bs.systest=1 --label "bs.systest.run=$ST_RUN" \
-        "$n" >/dev/null
-    ST_NETWORK=$n
-    printf '%s\n' "$n"
+        "$ST_NETWORK" >/dev/null || st__die "cannot create network $ST_NETWORK"
 }
 
-# st_volume NAME: a Docker volume removed with the scenario. Prints its name (for -v NAME:/path).
+# st_volume NAME: create a Docker volume and print its name (for `-v NAME:/path`). Safe in $(...):
+# it is labelled as this scenario's, so the clean-up (or the runner's sweep) removes it.
 st_volume() {
-    st__init
     local v="bs-st-$1-$ST_RUN"
-    docker volume create --label bs.systest=1 --label "bs.systest.run=$ST_RUN" "$v" >/dev/null
+    docker volume create --label bs.systest=1 --label "bs.systest.run=$ST_RUN" "$v" >/dev/null ||
+        st__die "cannot create volume $v"
     printf '%s\n' "$v"
 }
 
@@ -144,6 +147,8 @@ st_volume() {
 # (ST_C). It gets the checkout at /opt/bs, the bs-* binaries that exist and `just` in
 # /usr/local/bin, fresh sshd host keys and a running sshd logging to /var/log/sshd.log.
 st_start() {
+    local -
+    set -o pipefail # a failed copy must fail here, whatever the scenario set
     st__init
     local name="bs-st-$1-$ST_RUN" arg net=(--network "$ST_NETWORK")
     shift
@@ -151,9 +156,11 @@ st_start() {
         if [[ $arg == --network* || $arg == --net=* ]]; then net=(); fi
     done
     st_step "start container $name"
-    docker run -d --name "$name" --hostname bs-st \
+    # --pull never: no registry is reachable, and a missing image must not be looked up in one.
+    docker run -d --pull never --name "$name" --hostname bs-st \
         --label bs.systest=1 --label "bs.systest.run=$ST_RUN" \
-        "${net[@]}" "$@" "$ST_IMAGE" /bin/sleep infinity >/dev/null
+        "${net[@]}" "$@" "$ST_IMAGE" /bin/sleep infinity >/dev/null ||
+        st__die "cannot start $name from $ST_IMAGE (built by tests/images/build-base?)"
     ST_C=$name
 
     # The working tree as it is (uncommitted and untracked files too, minus ignored ones and
@@ -168,7 +175,8 @@ st_start() {
             fi
         done |
         tar -C "$ST_REPO" --null -T - --owner=0 --group=0 --numeric-owner -c |
-        docker exec -i "$name" sh -c 'mkdir -p /opt/bs && tar -C /opt/bs -x'
+        docker exec -i "$name" sh -c 'mkdir -p /opt/bs && tar -C /opt/bs -x' ||
+        st__die "cannot copy the checkout into $name"
 
     local bins=() f just
     for f in "$BS_BIN_DIR"/bs-*; do
@@ -176,15 +184,17 @@ st_start() {
     done
     if ((${#bins[@]})); then
         tar -C "$BS_BIN_DIR" --owner=0 --group=0 -c "${bins[@]}" |
-            docker exec -i "$name" tar -C /usr/local/bin -x
+            docker exec -i "$name" tar -C /usr/local/bin -x ||
+            st__die "cannot copy ${bins[*]} into $name"
     fi
     if just=$(st_just_path); then
-        docker cp "$just" "$name:/usr/local/bin/just" >/dev/null
+        docker cp "$just" "$name:/usr/local/bin/just" >/dev/null ||
+            st__die "cannot copy $just into $name"
     fi
 
     docker exec "$name" sh -c 'ssh-keygen -A >/dev/null && mkdir -p /run/sshd &&
-        /usr/sbin/sshd -E /var/log/sshd.log'
-    st__wait_port 22
+        /usr/sbin/sshd -E /var/log/sshd.log' || st__die "cannot start sshd in $name"
+    st__wait_port 22 || st__die "sshd in $name does not listen"
 }
 
 # Wait (up to 10 s) until something in the current container listens on TCP port $1.
