@@ -7,9 +7,10 @@
 # Containers get no network by default (`--network none`): all test traffic stays on loopback
 # inside a container, or on an internal network the scenario created with st_network.
 #
-# Sourcing this file has no side effects; the first st_start/st_volume/st_network registers a
-# cleanup that, at exit, writes a failure dump (when the scenario failed) and removes everything
-# this scenario created, unless BS_SYSTEST_KEEP=1. Scenarios must not set their own EXIT trap.
+# Sourcing this file has no side effects; the first st_start/st_network registers a clean-up
+# that, at exit, writes a failure dump (when the scenario failed) and removes everything this
+# scenario created, unless BS_SYSTEST_KEEP=1 (the runner sweeps up whatever a killed scenario
+# left). Scenarios must not set their own EXIT trap.
 #
 # Environment:
 #   BS_BIN_DIR        where bs-* release binaries are (default <repo>/target/release)
