@@ -1,0 +1,118 @@
+//! Shared test kit: a tiny image made from Debian's static busybox (no
+//! registry needed), unique names, and cleanup of everything a test made.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bs_docker::engine::{labels, Engine, DEFAULT_SOCKET};
+
+pub const TEST_IMAGE_REPO: &str = "bs-docker-test";
+pub const TEST_IMAGE_TAG: &str = "busybox";
+
+pub fn test_image() -> String {
+    format!("{TEST_IMAGE_REPO}:{TEST_IMAGE_TAG}")
+}
+
+/// The engine the tests use: the real one. Missing is a failure, not a skip.
+pub fn engine() -> Engine {
+    Engine::connect(DEFAULT_SOCKET).expect("the Docker engine must be reachable for these tests")
+}
+
+/// A root-file-system tarball holding busybox, `sh` and a passwd file with
+/// the service account (10000), made with tar from a temp dir.
+pub fn busybox_rootfs_tar() -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    for d in ["bin", "etc", "tmp"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", r.join("bin/busybox")).expect("busybox-static must be installed");
+    for applet in ["sh", "sleep", "echo", "cat", "id", "true", "false", "ls"] {
+        std::os::unix::fs::symlink("/bin/busybox", r.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        r.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nopensafely:x:10000:10000::/tmp:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(r.join("etc/group"), "root:x:0:\nopensafely:x:10000:\n").unwrap();
+    let out = Command::new("tar")
+        .args(["-C"])
+        .arg(r)
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-cf", "-", "."])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar failed");
+    out.stdout
+}
+
+/// Make sure the test image exists (imported once; concurrent imports of
+/// the same tarball are harmless: same content, same tag).
+pub fn ensure_test_image(engine: &Engine) -> String {
+    if engine.image_id(&test_image()).unwrap().is_none() {
+        engine
+            .import_rootfs(busybox_rootfs_tar(), TEST_IMAGE_REPO, TEST_IMAGE_TAG)
+            .unwrap();
+    }
+    test_image()
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call, with a prefix sweepers know.
+pub fn unique(what: &str) -> String {
+    format!(
+        "bstest-{what}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Removes the named containers and networks when dropped, pass or fail.
+pub struct Cleanup {
+    pub containers: Vec<String>,
+    pub networks: Vec<String>,
+    pub images: Vec<String>,
+}
+
+impl Cleanup {
+    pub fn new() -> Cleanup {
+        Cleanup {
+            containers: Vec::new(),
+            networks: Vec::new(),
+            images: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Ok(engine) = Engine::connect(DEFAULT_SOCKET) {
+            for c in &self.containers {
+                let _ = engine.remove(c);
+            }
+            for n in &self.networks {
+                let _ = engine.block_on(engine.docker().remove_network(n));
+            }
+            for i in &self.images {
+                let _ = engine.block_on(engine.docker().remove_image(
+                    i,
+                    None::<bollard::query_parameters::RemoveImageOptions>,
+                    None,
+                ));
+            }
+        }
+    }
+}
+
+pub fn test_labels() -> std::collections::BTreeMap<String, String> {
+    [(labels::TEST.to_string(), "1".to_string())]
+        .into_iter()
+        .collect()
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap()
+}
