@@ -1,6 +1,3 @@
-//! bs-chrony: not built yet; see the issue for bs-chrony.
-
 fn main() -> std::process::ExitCode {
-    eprintln!("bs-chrony: not implemented yet");
-    std::process::ExitCode::from(2)
+    bs_core::cli::main::<bs_chrony::cli::Cli, bs_chrony::Error, _>(bs_chrony::TOOL, bs_chrony::run)
 }
