@@ -50,7 +50,9 @@ impl PwLock {
         loop {
             match rustix::fs::fcntl_lock(&fd, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => return Ok(PwLock { _fd: fd }),
-                Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::ACCESS) | Err(rustix::io::Errno::INTR) => {
+                Err(rustix::io::Errno::AGAIN)
+                | Err(rustix::io::Errno::ACCESS)
+                | Err(rustix::io::Errno::INTR) => {
                     if start.elapsed() >= timeout {
                         return Err(CoreError::LockTimeout {
                             path,
@@ -186,7 +188,10 @@ impl Record for ShadowEntry {
 }
 
 fn split_list(s: &str) -> Vec<String> {
-    s.split(',').filter(|m| !m.is_empty()).map(String::from).collect()
+    s.split(',')
+        .filter(|m| !m.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 impl Record for GroupEntry {
@@ -259,7 +264,9 @@ impl<T: Record + Clone> Table<T> {
         let (dir, name) = safefs::split(&path)?;
         let read = match safefs::DirFd::open(dir) {
             Ok(d) => d.read_file(name, 256 * 1024 * 1024)?,
-            Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+            Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                None
+            }
             Err(e) => return Err(e),
         };
         let (text, spec, present) = match read {
@@ -375,9 +382,23 @@ impl AccountDb {
         let shadow_gid = 42; // Debian's `shadow` group, used only if the file is created
         Ok(AccountDb {
             passwd: Table::load(root.join(PASSWD), FileSpec::root(0o644))?,
-            shadow: Table::load(root.join(SHADOW), FileSpec { mode: 0o640, uid: 0, gid: shadow_gid })?,
+            shadow: Table::load(
+                root.join(SHADOW),
+                FileSpec {
+                    mode: 0o640,
+                    uid: 0,
+                    gid: shadow_gid,
+                },
+            )?,
             group: Table::load(root.join(GROUP), FileSpec::root(0o644))?,
-            gshadow: Table::load(root.join(GSHADOW), FileSpec { mode: 0o640, uid: 0, gid: shadow_gid })?,
+            gshadow: Table::load(
+                root.join(GSHADOW),
+                FileSpec {
+                    mode: 0o640,
+                    uid: 0,
+                    gid: shadow_gid,
+                },
+            )?,
         })
     }
 
@@ -514,10 +535,14 @@ impl AccountDb {
         if self.passwd.save()? {
             written.push(self.passwd.path.clone());
         }
-        if self.gshadow.present || self.gshadow.lines.iter().any(|l| matches!(l, Line::Entry(_))) {
-            if self.gshadow.save()? {
-                written.push(self.gshadow.path.clone());
-            }
+        let has_gshadow = self.gshadow.present
+            || self
+                .gshadow
+                .lines
+                .iter()
+                .any(|l| matches!(l, Line::Entry(_)));
+        if has_gshadow && self.gshadow.save()? {
+            written.push(self.gshadow.path.clone());
         }
         if self.group.save()? {
             written.push(self.group.path.clone());
@@ -554,8 +579,16 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join("etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
-        std::fs::write(dir.path().join("etc/group"), "root:x:0:\nsudo:x:27:olduser\n").unwrap();
-        std::fs::write(dir.path().join("etc/gshadow"), "root:*::\nsudo:*::olduser\n").unwrap();
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nsudo:x:27:olduser\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("etc/gshadow"),
+            "root:*::\nsudo:*::olduser\n",
+        )
+        .unwrap();
         let root = Root::new(dir.path()).unwrap();
         (dir, root)
     }
@@ -591,7 +624,9 @@ mod tests {
         assert!(gshadow.contains("sudo:*::alice\n"), "{gshadow}");
         assert!(gshadow.contains("developers:!::\n"), "{gshadow}");
         // the previous versions are kept, as shadow-utils does
-        assert!(std::fs::read_to_string(dir.path().join("etc/group-")).unwrap().contains("olduser"));
+        assert!(std::fs::read_to_string(dir.path().join("etc/group-"))
+            .unwrap()
+            .contains("olduser"));
         let again = AccountDb::load(&root).unwrap();
         assert_eq!(again.groups_of("alice"), vec!["sudo"]);
         assert_eq!(again.user("alice").unwrap().uid, 1000);
@@ -635,6 +670,10 @@ mod tests {
             .arg(&lock)
             .status()
             .unwrap();
-        assert_eq!(status.code(), Some(7), "a second process got the lckpwdf lock");
+        assert_eq!(
+            status.code(),
+            Some(7),
+            "a second process got the lckpwdf lock"
+        );
     }
 }

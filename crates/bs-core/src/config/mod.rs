@@ -24,13 +24,21 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use chrony::ChronyConfig;
-pub use docker::DockerConfig;
-pub use jobs::JobsConfig;
+pub use chrony::{ChronyConfig, ServiceManagerKind};
+pub use docker::{
+    parse_mount, parse_port, parse_size, DockerConfig, MountEntry, NetworkSpec, PortEntry,
+    ServiceSpec,
+};
+pub use jobs::{parse_memory, JobsConfig};
 pub use layers::Layers;
-pub use perms::PermsConfig;
+pub use perms::{
+    parse_mode, split_acl_entry, valid_sudoers_name, LoginSettings, PermsConfig, SudoRule,
+    SudoSettings, TreeConfig,
+};
 pub use release::ReleaseConfig;
-pub use users::{valid_unix_name, AuthorizedKeysMode, GroupSpec, ListSpec, RefreshMode, UsersConfig};
+pub use users::{
+    valid_unix_name, AuthorizedKeysMode, GroupSpec, ListSpec, RefreshMode, UsersConfig,
+};
 
 use crate::error::{CoreError, Result};
 use crate::root::Root;
@@ -93,7 +101,7 @@ pub struct Paths {
 }
 
 /// Settings of the one HTTP agent (see [`crate::http`]).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
     pub connect_timeout_secs: u64,
@@ -144,6 +152,10 @@ impl Config {
     fn validate(&self, layers: &Layers) -> Result<()> {
         self.users.validate(layers)?;
         self.perms.validate(layers)?;
+        self.docker.validate(layers)?;
+        self.jobs.validate(layers)?;
+        self.chrony.validate(layers)?;
+        self.release.validate(layers, &self.users)?;
         Ok(())
     }
 

@@ -1,0 +1,159 @@
+//! `bs-users keys refresh`: the timer's job. Keys only, never accounts:
+//! works from the snapshot the last `apply` left, fetches every active
+//! user's keys concurrently, and installs what changed. A failed fetch
+//! keeps that user's last good keys (error record, exit 1) while every
+//! other user is still refreshed.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use bs_core::cli::Global;
+use bs_core::http::Http;
+use bs_core::plan::Mode;
+use bs_core::{CoreError, Output, Root};
+
+use crate::error::UsersError;
+use crate::fetch::Fetcher;
+use crate::files::{KeyHome, Placement};
+use crate::keys;
+use crate::keyset;
+use crate::state::{self, RefreshResult, Snapshot};
+
+pub fn run(
+    global: &Global,
+    root: &Root,
+    random_delay: u64,
+    out: &mut Output,
+) -> Result<Map<String, Value>, UsersError> {
+    out.set_mode(Mode::Apply);
+    if random_delay > 0 {
+        std::thread::sleep(Duration::from_millis(random_millis(random_delay * 1000)));
+    }
+    let Some(snapshot) = Snapshot::load(root)? else {
+        return Err(UsersError::Refused(
+            "no snapshot under /var/lib/bs/users: run `bs-users apply` first".into(),
+        ));
+    };
+    let _lock = global.lock(root)?;
+    let placement = Placement {
+        mode: snapshot
+            .authorized_keys
+            .unwrap_or(bs_core::config::AuthorizedKeysMode::Central),
+        central_dir: snapshot.central_keys_dir.clone(),
+    };
+    let fetched = if snapshot.fetch_keys && !snapshot.users.is_empty() {
+        let settings = snapshot.http.clone().unwrap_or_default();
+        let http = Http::new(&settings).map_err(|e| CoreError::Usage(format!("[http]: {e}")))?;
+        let logins: Vec<String> = snapshot.users.iter().map(|u| u.login.clone()).collect();
+        Fetcher {
+            http: &http,
+            source: &snapshot.key_source,
+            concurrency: snapshot.fetch_concurrency.max(1),
+            retries: snapshot.fetch_retries,
+        }
+        .fetch_all(&logins)
+    } else {
+        Default::default()
+    };
+    let mut results = state::load_refresh(root)?;
+    let mut failed = 0u64;
+    for user in &snapshot.users {
+        let last_good = state::last_good(root, &user.login)?;
+        let resolved = keyset::resolve(
+            &user.login,
+            Some(user.repo_keys.as_str()).filter(|t| !t.is_empty()),
+            fetched.get(&user.login),
+            last_good.as_deref(),
+        );
+        for bad in &resolved.bad {
+            out.error(
+                "bad_key_line",
+                &user.name,
+                &format!(
+                    "{} line {}: {}; line dropped",
+                    bad.source, bad.line, bad.reason
+                ),
+            );
+        }
+        if let Some(reason) = &resolved.fetch_error {
+            failed += 1;
+            out.error(
+                "fetch_failed",
+                &user.name,
+                &format!(
+                    "fetching keys of {} failed ({reason}); keeping the last good fetched keys",
+                    user.login
+                ),
+            );
+        }
+        let home = KeyHome {
+            name: &user.name,
+            uid: user.uid,
+            gid: user.gid,
+            home: &user.home,
+        };
+        let current = match placement.read(root, &home) {
+            Ok(c) => c,
+            Err(e) => {
+                out.error("keys_refused", &user.name, &e.to_string());
+                continue;
+            }
+        };
+        let content = resolved.content();
+        if current.as_deref() == Some(content.as_str()) {
+            out.item(
+                "keys",
+                false,
+                &json!({"action": "none", "target": user.name}),
+            );
+        } else {
+            let before: BTreeSet<String> = current
+                .as_deref()
+                .map(keys::read_installed)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|k| k.fingerprint)
+                .collect();
+            let after: BTreeSet<String> = resolved.fingerprints().into_iter().collect();
+            match placement.write(root, &home, &content) {
+                Ok(_) => out.item(
+                    "keys",
+                    true,
+                    &json!({"action": "write_keys", "target": user.name,
+                            "fingerprints": resolved.fingerprints(),
+                            "added": after.difference(&before).collect::<Vec<_>>(),
+                            "removed": before.difference(&after).collect::<Vec<_>>()}),
+                ),
+                Err(e) => out.error("keys_refused", &user.name, &e.to_string()),
+            }
+        }
+        if let Some(text) = &resolved.new_last_good {
+            state::save_last_good(root, &user.login, text)?;
+        }
+        if snapshot.fetch_keys {
+            results.insert(
+                user.login.clone(),
+                RefreshResult {
+                    ok: resolved.fetch_error.is_none(),
+                    at: state::now(),
+                    message: resolved.fetch_error.clone().unwrap_or_default(),
+                },
+            );
+        }
+    }
+    state::save_refresh(root, &results)?;
+    let mut extra = Map::new();
+    extra.insert("users".into(), json!(snapshot.users.len()));
+    extra.insert("fetch_failed".into(), json!(failed));
+    Ok(extra)
+}
+
+/// A random number below `max`, from the kernel (no rand crate needed for
+/// a jitter).
+fn random_millis(max: u64) -> u64 {
+    let mut buf = [0u8; 8];
+    let _ = rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty());
+    u64::from_le_bytes(buf) % max.max(1)
+}
