@@ -22,10 +22,22 @@ use crate::root::Root;
 pub struct Global {
     /// Converge this directory instead of the host: a sandbox root. Commands
     /// that would touch the live host are skipped and reported.
-    #[arg(long, env = "BS_ROOT", default_value = "/", global = true, value_name = "DIR")]
+    #[arg(
+        long,
+        env = "BS_ROOT",
+        default_value = "/",
+        global = true,
+        value_name = "DIR"
+    )]
     pub root: PathBuf,
     /// The repository checkout holding backends/, developers and keys/.
-    #[arg(long, env = "BS_REPO", default_value = ".", global = true, value_name = "DIR")]
+    #[arg(
+        long,
+        env = "BS_REPO",
+        default_value = ".",
+        global = true,
+        value_name = "DIR"
+    )]
     pub repo: PathBuf,
     /// The backend whose config to use (backends/<NAME>/backend.toml).
     #[arg(long, env = "BS_BACKEND", global = true, value_name = "NAME")]
@@ -115,7 +127,12 @@ where
         Ok(p) => p,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
                 return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
                     ExitCode::from(Exit::Usage)

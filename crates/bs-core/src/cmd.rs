@@ -304,7 +304,9 @@ mod tests {
         let ran = runner.run(&Cmd::new("echo").arg("$HOME; false")).unwrap();
         assert!(ran.success());
         assert_eq!(ran.stdout, "$HOME; false\n");
-        let ran = runner.run(&Cmd::new("sh").args(["-c", "echo oops >&2; exit 3"])).unwrap();
+        let ran = runner
+            .run(&Cmd::new("sh").args(["-c", "echo oops >&2; exit 3"]))
+            .unwrap();
         assert_eq!(ran.status, Some(3));
         assert_eq!(ran.stderr, "oops");
     }
@@ -325,7 +327,11 @@ mod tests {
     fn a_hanging_command_is_killed_at_its_timeout() {
         let runner = SystemRunner { live: false };
         let err = runner
-            .run(&Cmd::new("sleep").arg("5").timeout(Duration::from_millis(200)))
+            .run(
+                &Cmd::new("sleep")
+                    .arg("5")
+                    .timeout(Duration::from_millis(200)),
+            )
             .unwrap_err();
         assert!(matches!(err, CoreError::CommandTimeout { .. }));
     }
@@ -342,8 +348,19 @@ mod tests {
     fn recording_runner_records_and_answers_from_its_script() {
         let r = RecordingRunner::new();
         r.answer("restart chrony", 1, "", "failed");
-        assert!(r.run(&Cmd::new("systemctl").args(["stop", "jobs"])).unwrap().success());
-        assert_eq!(r.run(&Cmd::new("systemctl").args(["restart", "chrony"])).unwrap().status, Some(1));
-        assert_eq!(r.ran_lines(), vec!["systemctl stop jobs", "systemctl restart chrony"]);
+        assert!(r
+            .run(&Cmd::new("systemctl").args(["stop", "jobs"]))
+            .unwrap()
+            .success());
+        assert_eq!(
+            r.run(&Cmd::new("systemctl").args(["restart", "chrony"]))
+                .unwrap()
+                .status,
+            Some(1)
+        );
+        assert_eq!(
+            r.ran_lines(),
+            vec!["systemctl stop jobs", "systemctl restart chrony"]
+        );
     }
 }

@@ -102,7 +102,12 @@ impl Http {
     }
 
     /// POST raw bytes.
-    pub fn post(&self, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response, HttpError> {
+    pub fn post(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Response, HttpError> {
         let mut req = self.agent.post(url);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -133,7 +138,12 @@ impl Http {
         let headers = resp
             .headers()
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let body = resp
             .body_mut()
@@ -155,7 +165,9 @@ impl Http {
 fn map_err(e: ureq::Error) -> HttpError {
     match e {
         ureq::Error::Timeout(t) => HttpError::Timeout(t.to_string()),
-        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => HttpError::Connect(e.to_string()),
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+            HttpError::Connect(e.to_string())
+        }
         ureq::Error::Io(io) => match io.kind() {
             std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
                 HttpError::Timeout(io.to_string())
@@ -203,8 +215,14 @@ mod tests {
 
     #[test]
     fn non_2xx_is_data_not_an_error() {
-        let url = serve_once(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 5\r\n\r\noops!", Duration::ZERO);
-        let r = Http::new(&settings(5, 1024)).unwrap().get(&url, &[]).unwrap();
+        let url = serve_once(
+            b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 5\r\n\r\noops!",
+            Duration::ZERO,
+        );
+        let r = Http::new(&settings(5, 1024))
+            .unwrap()
+            .get(&url, &[])
+            .unwrap();
         assert_eq!(r.status, 502);
         assert_eq!(r.text(), "oops!");
         assert!(!r.is_success());
@@ -212,8 +230,14 @@ mod tests {
 
     #[test]
     fn a_stalled_server_times_out() {
-        let url = serve_once(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", Duration::from_secs(4));
-        let err = Http::new(&settings(1, 1024)).unwrap().get(&url, &[]).unwrap_err();
+        let url = serve_once(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n",
+            Duration::from_secs(4),
+        );
+        let err = Http::new(&settings(1, 1024))
+            .unwrap()
+            .get(&url, &[])
+            .unwrap_err();
         assert!(matches!(err, HttpError::Timeout(_)), "{err:?}");
         assert!(err.is_transient());
     }
@@ -224,7 +248,10 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: 64\r\n\r\naaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             Duration::ZERO,
         );
-        let err = Http::new(&settings(5, 16)).unwrap().get(&url, &[]).unwrap_err();
+        let err = Http::new(&settings(5, 16))
+            .unwrap()
+            .get(&url, &[])
+            .unwrap_err();
         assert_eq!(err, HttpError::TooLarge(16));
     }
 
@@ -263,7 +290,9 @@ mod tests {
         st.proxy = Some(proxy);
         // The answer does not matter (ureq may tunnel with CONNECT first):
         // only that the request went to the proxy, naming the real host.
-        let _ = Http::new(&st).unwrap().get("http://keys.invalid/alice.keys", &[]);
+        let _ = Http::new(&st)
+            .unwrap()
+            .get("http://keys.invalid/alice.keys", &[]);
         let request = seen.join().unwrap();
         assert!(request.contains("keys.invalid"), "{request}");
     }

@@ -27,12 +27,38 @@ impl RunLock {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| CoreError::io(dir, e))?;
         }
+        Self::acquire_file(path, timeout, None)
+    }
+
+    /// The same exclusive lock on another file, for state that a service
+    /// account changes (it cannot open root's `bs.lock`). The file is created
+    /// if missing (0660) and, when `owner` is given and we run as root, handed
+    /// to that uid/gid so the service account can take the lock later. The
+    /// directory must exist.
+    pub fn acquire_file(
+        path: PathBuf,
+        timeout: Duration,
+        owner: Option<(u32, u32)>,
+    ) -> Result<RunLock> {
         let fd = rustix::fs::open(
             &path,
             OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
+            Mode::from_raw_mode(if owner.is_some() { 0o660 } else { 0o600 }),
         )
         .map_err(|e| CoreError::io(&path, e.into()))?;
+        if let Some((uid, gid)) = owner {
+            if rustix::process::geteuid().is_root() {
+                let st = rustix::fs::fstat(&fd).map_err(|e| CoreError::io(&path, e.into()))?;
+                if st.st_uid != uid || st.st_gid != gid {
+                    rustix::fs::fchown(
+                        &fd,
+                        Some(rustix::fs::Uid::from_raw(uid)),
+                        Some(rustix::fs::Gid::from_raw(gid)),
+                    )
+                    .map_err(|e| CoreError::io(&path, e.into()))?;
+                }
+            }
+        }
         let start = Instant::now();
         loop {
             match rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive) {

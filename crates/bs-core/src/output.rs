@@ -164,7 +164,10 @@ impl Output {
         obj.insert("changed".into(), Value::from(self.changed));
         obj.insert("unchanged".into(), Value::from(self.unchanged));
         obj.insert("failed".into(), Value::from(self.failed));
-        obj.insert("ok".into(), Value::from(matches!(exit, Exit::Ok | Exit::Drift) && self.failed == 0));
+        obj.insert(
+            "ok".into(),
+            Value::from(matches!(exit, Exit::Ok | Exit::Drift) && self.failed == 0),
+        );
         obj.insert("exit".into(), Value::from(exit.code()));
         obj.insert("schema".into(), Value::from(SCHEMA));
         for (k, v) in extra {
@@ -245,7 +248,11 @@ mod tests {
     fn every_record_has_tool_and_type_and_the_last_is_the_summary() {
         let (mut out, cap) = Output::capture("bs-test");
         out.set_mode(Mode::Apply);
-        out.item("user", true, &json!({"action": "create", "target": "alice"}));
+        out.item(
+            "user",
+            true,
+            &json!({"action": "create", "target": "alice"}),
+        );
         out.item("user", false, &json!({"action": "none", "target": "bob"}));
         let exit = out.finish(Map::new());
         assert_eq!(exit, Exit::Ok);
@@ -259,7 +266,14 @@ mod tests {
         assert_eq!(recs[0]["mode"], "apply");
         let s = &recs[2];
         assert_eq!(s["type"], "summary");
-        assert_eq!((s["changed"].as_u64(), s["unchanged"].as_u64(), s["failed"].as_u64()), (Some(1), Some(1), Some(0)));
+        assert_eq!(
+            (
+                s["changed"].as_u64(),
+                s["unchanged"].as_u64(),
+                s["failed"].as_u64()
+            ),
+            (Some(1), Some(1), Some(0))
+        );
         assert_eq!(s["ok"], true);
         assert_eq!(s["schema"], 1);
     }

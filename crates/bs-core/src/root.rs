@@ -107,7 +107,10 @@ mod tests {
         assert_eq!(root.join("/etc/passwd"), dir.path().join("etc/passwd"));
         assert!(!root.is_live());
         assert!(Root::live().is_live());
-        assert_eq!(Root::live().join("/etc/shadow"), PathBuf::from("/etc/shadow"));
+        assert_eq!(
+            Root::live().join("/etc/shadow"),
+            PathBuf::from("/etc/shadow")
+        );
     }
 
     #[test]
@@ -131,6 +134,9 @@ mod tests {
     fn display_path_shows_the_system_path() {
         let dir = tempfile::tempdir().unwrap();
         let root = Root::new(dir.path()).unwrap();
-        assert_eq!(root.display_path(&root.join("/etc/sudoers.d/x")), "/etc/sudoers.d/x");
+        assert_eq!(
+            root.display_path(&root.join("/etc/sudoers.d/x")),
+            "/etc/sudoers.d/x"
+        );
     }
 }

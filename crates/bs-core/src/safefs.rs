@@ -37,7 +37,11 @@ pub struct FileSpec {
 
 impl FileSpec {
     pub fn root(mode: u32) -> FileSpec {
-        FileSpec { mode, uid: 0, gid: 0 }
+        FileSpec {
+            mode,
+            uid: 0,
+            gid: 0,
+        }
     }
 }
 
@@ -98,7 +102,8 @@ impl DirFd {
                 _ => {
                     return Err(CoreError::Unsafe {
                         path: self.path.join(rel),
-                        reason: "only plain relative paths may be opened beneath a directory".into(),
+                        reason: "only plain relative paths may be opened beneath a directory"
+                            .into(),
                     })
                 }
             }
@@ -392,7 +397,11 @@ mod tests {
     fn atomic_write_sets_mode_and_owner_and_reports_no_change_the_second_time() {
         let dir = tempfile::tempdir().unwrap();
         let (uid, gid) = me();
-        let spec = FileSpec { mode: 0o640, uid, gid };
+        let spec = FileSpec {
+            mode: 0o640,
+            uid,
+            gid,
+        };
         let p = dir.path().join("f");
         assert!(write_atomic(&p, b"hello\n", &spec).unwrap());
         let meta = std::fs::metadata(&p).unwrap();
@@ -401,16 +410,28 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"hello\n");
         let ino = meta.ino();
         assert!(!write_atomic(&p, b"hello\n", &spec).unwrap());
-        assert_eq!(std::fs::metadata(&p).unwrap().ino(), ino, "unchanged file was rewritten");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().ino(),
+            ino,
+            "unchanged file was rewritten"
+        );
         assert!(write_atomic(&p, b"bye\n", &spec).unwrap());
-        assert_ne!(std::fs::metadata(&p).unwrap().ino(), ino, "not replaced by rename");
+        assert_ne!(
+            std::fs::metadata(&p).unwrap().ino(),
+            ino,
+            "not replaced by rename"
+        );
     }
 
     #[test]
     fn a_stray_temp_from_a_killed_run_is_removed_even_when_nothing_changes() {
         let dir = tempfile::tempdir().unwrap();
         let (uid, gid) = me();
-        let spec = FileSpec { mode: 0o644, uid, gid };
+        let spec = FileSpec {
+            mode: 0o644,
+            uid,
+            gid,
+        };
         let p = dir.path().join("f");
         write_atomic(&p, b"x", &spec).unwrap();
         std::fs::write(dir.path().join(".f.bs-tmp"), b"half").unwrap();
@@ -427,9 +448,21 @@ mod tests {
         std::fs::write(&target, b"secret").unwrap();
         let link = dir.path().join("authorized_keys");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        write_atomic(&link, b"ssh-ed25519 AAAA", &FileSpec { mode: 0o600, uid, gid }).unwrap();
+        write_atomic(
+            &link,
+            b"ssh-ed25519 AAAA",
+            &FileSpec {
+                mode: 0o600,
+                uid,
+                gid,
+            },
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"secret");
-        assert!(!std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        assert!(!std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]
@@ -437,8 +470,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("home/alice")).unwrap();
         std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
-        std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("home/alice/.ssh"))
-            .unwrap();
+        std::os::unix::fs::symlink(
+            dir.path().join("elsewhere"),
+            dir.path().join("home/alice/.ssh"),
+        )
+        .unwrap();
         let base = DirFd::open(dir.path()).unwrap();
         assert!(base.open_beneath(Path::new("home/alice")).is_ok());
         let err = base.open_beneath(Path::new("home/alice/.ssh")).unwrap_err();
@@ -464,13 +500,30 @@ mod tests {
         let (uid, gid) = me();
         let base = DirFd::open(dir.path()).unwrap();
         assert!(base
-            .ensure_subdir(OsStr::new("d"), &FileSpec { mode: 0o700, uid, gid })
+            .ensure_subdir(
+                OsStr::new("d"),
+                &FileSpec {
+                    mode: 0o700,
+                    uid,
+                    gid
+                }
+            )
             .is_err());
         let (_, created) = base
-            .ensure_subdir(OsStr::new("e"), &FileSpec { mode: 0o750, uid, gid })
+            .ensure_subdir(
+                OsStr::new("e"),
+                &FileSpec {
+                    mode: 0o750,
+                    uid,
+                    gid,
+                },
+            )
             .unwrap();
         assert!(created);
-        let mode = std::fs::metadata(dir.path().join("e")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.path().join("e"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o7777, 0o750);
     }
 }

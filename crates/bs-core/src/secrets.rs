@@ -98,9 +98,8 @@ impl Secrets {
         std::fs::File::from(fd)
             .read_to_string(&mut text)
             .map_err(|e| CoreError::io(file, e))?;
-        let values = parse(&text).map_err(|(line, message)| {
-            refuse(format!("line {line}: {message}"))
-        })?;
+        let values =
+            parse(&text).map_err(|(line, message)| refuse(format!("line {line}: {message}")))?;
         Ok(Secrets {
             file: file.to_path_buf(),
             values,
@@ -209,7 +208,10 @@ mod tests {
         let p = write(dir.path(), "OTHER=topsecret\n", 0o600);
         let s = Secrets::load_file(&p).unwrap();
         let msg = s.require("JOB_SERVER_TOKEN").unwrap_err().to_string();
-        assert!(msg.contains("JOB_SERVER_TOKEN") && msg.contains("secrets.env"), "{msg}");
+        assert!(
+            msg.contains("JOB_SERVER_TOKEN") && msg.contains("secrets.env"),
+            "{msg}"
+        );
         assert!(!msg.contains("topsecret"));
     }
 

@@ -96,7 +96,12 @@ impl Layers {
     }
 }
 
-fn record_origin(origin: &mut BTreeMap<String, PathBuf>, prefix: &str, table: &toml::Table, file: &Path) {
+fn record_origin(
+    origin: &mut BTreeMap<String, PathBuf>,
+    prefix: &str,
+    table: &toml::Table,
+    file: &Path,
+) {
     for (k, v) in table {
         let path = if prefix.is_empty() {
             k.clone()

@@ -108,7 +108,10 @@ fn a_missing_required_layer_is_an_error() {
     let repo = Repo::new("");
     std::fs::remove_file(repo.dir.path().join("backends/test/backend.toml")).unwrap();
     let err = repo.load().unwrap_err();
-    assert!(matches!(err, CoreError::ConfigLayerMissing { .. }), "{err:?}");
+    assert!(
+        matches!(err, CoreError::ConfigLayerMissing { .. }),
+        "{err:?}"
+    );
     assert_eq!(err.exit(), crate::Exit::Usage);
 }
 
@@ -116,7 +119,10 @@ fn a_missing_required_layer_is_an_error() {
 fn a_syntax_error_names_the_file_and_line() {
     let repo = Repo::new("[backend]\nname = \"test\"\n\n[users\n");
     let msg = repo.load().unwrap_err().to_string();
-    assert!(msg.contains("backend.toml") && msg.contains("line 4"), "{msg}");
+    assert!(
+        msg.contains("backend.toml") && msg.contains("line 4"),
+        "{msg}"
+    );
 }
 
 #[test]
