@@ -1,6 +1,3 @@
-//! bs-perms: not built yet; see the issue for bs-perms.
-
 fn main() -> std::process::ExitCode {
-    eprintln!("bs-perms: not implemented yet");
-    std::process::ExitCode::from(2)
+    bs_core::cli::main::<bs_perms::cli::Cli, bs_perms::PermsError, _>("bs-perms", bs_perms::run)
 }
