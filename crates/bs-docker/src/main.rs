@@ -1,6 +1,6 @@
-//! bs-docker: not built yet; see the issue for bs-docker.
-
 fn main() -> std::process::ExitCode {
-    eprintln!("bs-docker: not implemented yet");
-    std::process::ExitCode::from(2)
+    bs_core::cli::main::<bs_docker::cli::Cli, bs_docker::error::DockerError, _>(
+        "bs-docker",
+        bs_docker::run,
+    )
 }

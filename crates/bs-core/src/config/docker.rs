@@ -1,7 +1,365 @@
-//! `[docker]`: the settings of bs-docker. Filled in as the tool lands.
+//! `[docker]`: the settings of bs-docker (see docs/bs-docker.md).
+//!
+//! Networks and services are tables keyed by name, so a later layer can
+//! change one field of one service (`[docker.services.web] image = ...` in
+//! local.toml) without repeating the rest. Lists inside them replace.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+use super::Layers;
+use crate::error::Result;
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct DockerConfig {}
+pub struct DockerConfig {
+    /// The engine's API socket (a system path, joined under the root).
+    pub socket: PathBuf,
+    /// Fail (exit 1) when the engine cannot be reached. A backend whose
+    /// hosts may have no engine (the test backend's system-test containers)
+    /// sets false: the engine's items are then reported and left alone.
+    pub require_engine: bool,
+    pub daemon_json: PathBuf,
+    /// The keys bs-docker manages in daemon.json; every other key in the
+    /// file is preserved.
+    pub daemon: toml::Table,
+    /// May `apply` restart the engine when daemon.json changed? A restart
+    /// kills every running job, so hosts opt in.
+    pub allow_restart: bool,
+    /// The group whose members may use the engine; the service account must
+    /// be one (bs-users manages membership; bs-docker checks it).
+    pub group: String,
+    pub networks: BTreeMap<String, NetworkSpec>,
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+impl Default for DockerConfig {
+    fn default() -> Self {
+        DockerConfig {
+            socket: PathBuf::from("/var/run/docker.sock"),
+            require_engine: true,
+            daemon_json: PathBuf::from("/etc/docker/daemon.json"),
+            daemon: toml::Table::new(),
+            allow_restart: false,
+            group: "docker".into(),
+            networks: BTreeMap::new(),
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+/// A user-defined bridge network.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSpec {
+    /// No route out of the network (containers reach only each other).
+    pub internal: bool,
+    /// Inter-container traffic on this bridge (the daemon's `icc` covers
+    /// only the default bridge).
+    pub icc: bool,
+    /// `10.20.0.0/24`; the engine picks one when absent.
+    pub subnet: Option<String>,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            internal: false,
+            icc: false,
+            subnet: None,
+        }
+    }
+}
+
+/// A declared service container.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceSpec {
+    /// `repo:tag` or `repo@sha256:...`; never pulled: it must be present.
+    pub image: String,
+    /// Empty: the image's default command.
+    pub command: Vec<String>,
+    /// `uid:gid`, a name known in the image, or empty for the image's.
+    pub user: String,
+    /// Env files, layered in order (later wins): repo-relative paths, or
+    /// system paths (joined under the root; those must be 0600 and may be
+    /// absent, like the secrets file). Then `env` wins over all of them.
+    pub env_files: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// `HOST_IP:HOST_PORT:CONTAINER_PORT[/tcp|/udp]`: the host address is
+    /// required so nothing is published on every interface by accident.
+    pub ports: Vec<String>,
+    /// `SOURCE:TARGET[:ro|:rw]`, absolute paths; read-write by default.
+    pub mounts: Vec<String>,
+    /// `no`, `always`, `unless-stopped`, `on-failure`.
+    pub restart: String,
+    pub init: bool,
+    pub cap_drop: Vec<String>,
+    pub no_new_privileges: bool,
+    pub read_only: bool,
+    /// `512m`, `2g`, bytes as a number string.
+    pub memory: Option<String>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<i64>,
+    pub labels: BTreeMap<String, String>,
+    /// A network's name (declared above, or `bridge`, `none`, `host`).
+    pub network: String,
+    /// A health check command (run with the image's shell as `CMD`).
+    pub healthcheck: Vec<String>,
+    pub healthcheck_interval_secs: u64,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec {
+            image: String::new(),
+            command: Vec::new(),
+            user: String::new(),
+            env_files: Vec::new(),
+            env: BTreeMap::new(),
+            ports: Vec::new(),
+            mounts: Vec::new(),
+            restart: "unless-stopped".into(),
+            init: true,
+            cap_drop: vec!["ALL".into()],
+            no_new_privileges: true,
+            read_only: false,
+            memory: None,
+            cpus: None,
+            pids_limit: None,
+            labels: BTreeMap::new(),
+            network: "bridge".into(),
+            healthcheck: Vec::new(),
+            healthcheck_interval_secs: 30,
+        }
+    }
+}
+
+/// A parsed `ports` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortEntry {
+    pub host_ip: String,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub protocol: String,
+}
+
+/// A parsed `mounts` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountEntry {
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
+}
+
+/// Parse `HOST_IP:HOST_PORT:CONTAINER_PORT[/proto]` (IPv6 in brackets).
+pub fn parse_port(text: &str) -> std::result::Result<PortEntry, String> {
+    let (spec, protocol) = match text.rsplit_once('/') {
+        Some((s, p)) if p == "tcp" || p == "udp" => (s, p.to_string()),
+        Some((_, p)) => return Err(format!("{text:?}: protocol {p:?} is not tcp or udp")),
+        None => (text, "tcp".to_string()),
+    };
+    let (host_ip, rest) = if let Some(stripped) = spec.strip_prefix('[') {
+        let (ip, rest) = stripped
+            .split_once("]:")
+            .ok_or_else(|| format!("{text:?}: expected [IPV6]:HOST_PORT:CONTAINER_PORT"))?;
+        (ip.to_string(), rest)
+    } else {
+        let (ip, rest) = spec
+            .split_once(':')
+            .ok_or_else(|| format!("{text:?}: expected HOST_IP:HOST_PORT:CONTAINER_PORT"))?;
+        (ip.to_string(), rest)
+    };
+    if host_ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(format!(
+            "{text:?}: {host_ip:?} is not an IP address; name the host address to bind to"
+        ));
+    }
+    let (hp, cp) = rest
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected HOST_IP:HOST_PORT:CONTAINER_PORT"))?;
+    let port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{text:?}: {p:?} is not a port number"))
+    };
+    Ok(PortEntry {
+        host_ip,
+        host_port: port(hp)?,
+        container_port: port(cp)?,
+        protocol,
+    })
+}
+
+/// Parse `SOURCE:TARGET[:ro|:rw]`.
+pub fn parse_mount(text: &str) -> std::result::Result<MountEntry, String> {
+    let parts: Vec<&str> = text.split(':').collect();
+    let (source, target, read_only) = match parts.as_slice() {
+        [s, t] => (*s, *t, false),
+        [s, t, "ro"] => (*s, *t, true),
+        [s, t, "rw"] => (*s, *t, false),
+        _ => return Err(format!("{text:?}: expected SOURCE:TARGET[:ro|:rw]")),
+    };
+    if !source.starts_with('/') || !target.starts_with('/') {
+        return Err(format!(
+            "{text:?}: source and target must be absolute paths"
+        ));
+    }
+    Ok(MountEntry {
+        source: source.to_string(),
+        target: target.to_string(),
+        read_only,
+    })
+}
+
+/// Parse a byte size: `512m`, `2g`, `64k`, `1048576`.
+pub fn parse_size(text: &str) -> Option<i64> {
+    let t = text.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, mult) = match t.chars().last()? {
+        'k' => (&t[..t.len() - 1], 1i64 << 10),
+        'm' => (&t[..t.len() - 1], 1 << 20),
+        'g' => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    num.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)?
+        .checked_mul(mult)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+impl DockerConfig {
+    pub(super) fn validate(&self, layers: &Layers) -> Result<()> {
+        if !self.socket.is_absolute() {
+            return Err(layers.error("docker.socket", "must be an absolute path"));
+        }
+        if !self.daemon_json.is_absolute() {
+            return Err(layers.error("docker.daemon_json", "must be an absolute path"));
+        }
+        // dockerd refuses to start when a log-opts value is not a string
+        // (`max-file = 3`): every service and job would be down.
+        if let Some(opts) = self.daemon.get("log-opts") {
+            let table = opts.as_table().ok_or_else(|| {
+                layers.error("docker.daemon.log-opts", "must be a table of strings")
+            })?;
+            for (k, v) in table {
+                if !v.is_str() {
+                    return Err(layers.error(
+                        &format!("docker.daemon.log-opts.{k}"),
+                        format!("must be a string (\"{v}\"), or dockerd will not start"),
+                    ));
+                }
+            }
+        }
+        for name in self.networks.keys() {
+            if !valid_name(name) || ["bridge", "host", "none"].contains(&name.as_str()) {
+                return Err(layers.error(
+                    &format!("docker.networks.{name}"),
+                    "a network name is letters, digits, - _ . and not bridge/host/none",
+                ));
+            }
+        }
+        for (name, s) in &self.services {
+            let key = |k: &str| format!("docker.services.{name}.{k}");
+            if !valid_name(name) {
+                return Err(layers.error(
+                    &format!("docker.services.{name}"),
+                    "a service name is letters, digits, - _ .",
+                ));
+            }
+            if s.image.is_empty() {
+                return Err(
+                    layers.error(&key("image"), "is required (repo:tag or repo@sha256:...)")
+                );
+            }
+            for p in &s.ports {
+                parse_port(p).map_err(|m| layers.error(&key("ports"), m))?;
+            }
+            for m in &s.mounts {
+                parse_mount(m).map_err(|msg| layers.error(&key("mounts"), msg))?;
+            }
+            if !["no", "always", "unless-stopped", "on-failure"].contains(&s.restart.as_str()) {
+                return Err(layers.error(
+                    &key("restart"),
+                    "must be no, always, unless-stopped or on-failure",
+                ));
+            }
+            if let Some(m) = &s.memory {
+                if parse_size(m).is_none() {
+                    return Err(layers.error(&key("memory"), "a size like 512m or 2g"));
+                }
+            }
+            if let Some(c) = s.cpus {
+                if !(c > 0.0 && c <= 1024.0) {
+                    return Err(layers.error(&key("cpus"), "must be > 0"));
+                }
+            }
+            if s.pids_limit.is_some_and(|p| p <= 0) {
+                return Err(layers.error(&key("pids_limit"), "must be > 0"));
+            }
+            for k in s.env.keys() {
+                if k.is_empty() || k.contains('=') {
+                    return Err(layers.error(&key("env"), format!("{k:?} is not a variable name")));
+                }
+            }
+            let net = s.network.as_str();
+            if !["bridge", "none", "host"].contains(&net) && !self.networks.contains_key(net) {
+                return Err(layers.error(
+                    &key("network"),
+                    format!("{net:?} is not declared under [docker.networks]"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_need_a_host_address() {
+        let p = parse_port("127.0.0.1:8000:80").unwrap();
+        assert_eq!(
+            (
+                p.host_ip.as_str(),
+                p.host_port,
+                p.container_port,
+                p.protocol.as_str()
+            ),
+            ("127.0.0.1", 8000, 80, "tcp")
+        );
+        assert_eq!(parse_port("[::1]:53:53/udp").unwrap().protocol, "udp");
+        assert!(parse_port("8000:80").is_err());
+        assert!(parse_port("localhost:8000:80").is_err());
+        assert!(parse_port("127.0.0.1:0:80").is_err());
+    }
+
+    #[test]
+    fn mounts_and_sizes_parse() {
+        assert!(parse_mount("/srv/a:/a:ro").unwrap().read_only);
+        assert!(!parse_mount("/srv/a:/a").unwrap().read_only);
+        assert!(parse_mount("rel:/a").is_err());
+        assert!(parse_mount("/a:/b:rx").is_err());
+        assert_eq!(parse_size("512m"), Some(512 << 20));
+        assert_eq!(parse_size("2G"), Some(2 << 30));
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("x"), None);
+    }
+}

@@ -116,3 +116,105 @@ pub fn test_labels() -> std::collections::BTreeMap<String, String> {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
+
+/// A repository checkout with the real defaults.toml and a backend written
+/// by the test, and a sandbox root whose `/var/run/docker.sock` is a link
+/// to the real engine's socket (or absent, for the unreachable case).
+pub struct Sandbox {
+    pub repo: tempfile::TempDir,
+    pub root: tempfile::TempDir,
+}
+
+pub const BACKEND: &str = "t";
+
+impl Sandbox {
+    pub fn new(with_engine: bool) -> Sandbox {
+        let repo = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../backends/defaults.toml");
+        std::fs::create_dir_all(repo.path().join("backends").join(BACKEND)).unwrap();
+        std::fs::copy(src, repo.path().join("backends/defaults.toml")).unwrap();
+        let r = root.path();
+        for d in ["etc/bs", "run/lock", "var/run", "var/lib"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::write(
+            r.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/bash\nopensafely:x:10000:10000::/home/opensafely:/bin/bash\n",
+        )
+        .unwrap();
+        std::fs::write(
+            r.join("etc/group"),
+            "root:x:0:\nopensafely:x:10000:\ndocker:x:990:opensafely\n",
+        )
+        .unwrap();
+        if with_engine {
+            std::os::unix::fs::symlink("/var/run/docker.sock", r.join("var/run/docker.sock"))
+                .unwrap();
+        }
+        let s = Sandbox { repo, root };
+        s.backend("");
+        s
+    }
+
+    /// Write the backend's backend.toml: `[backend]` plus `body`.
+    pub fn backend(&self, body: &str) {
+        std::fs::write(
+            self.repo
+                .path()
+                .join("backends")
+                .join(BACKEND)
+                .join("backend.toml"),
+            format!("[backend]\nname = \"{BACKEND}\"\n\n{body}"),
+        )
+        .unwrap();
+    }
+
+    pub fn local(&self, body: &str) {
+        std::fs::write(self.root.path().join("etc/bs/local.toml"), body).unwrap();
+    }
+
+    pub fn path(&self, system: &str) -> std::path::PathBuf {
+        self.root.path().join(system.trim_start_matches('/'))
+    }
+
+    /// Run bs-docker; the exit code and the records.
+    pub fn run(&self, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
+        let out = assert_cmd::Command::cargo_bin("bs-docker")
+            .unwrap()
+            .arg("--root")
+            .arg(self.root.path())
+            .arg("--repo")
+            .arg(self.repo.path())
+            .args(["--backend", BACKEND])
+            .args(args)
+            .env_remove("BS_ROOT")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let records: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+            .collect();
+        let last = records.last().expect("a summary line");
+        assert_eq!(last["type"], "summary", "{text}");
+        (out.status.code().unwrap_or(-1), records)
+    }
+}
+
+/// Records of a type.
+pub fn of_type<'a>(records: &'a [serde_json::Value], t: &str) -> Vec<&'a serde_json::Value> {
+    records.iter().filter(|r| r["type"] == t).collect()
+}
+
+/// The one record of `type` with `target`.
+pub fn find<'a>(records: &'a [serde_json::Value], t: &str, target: &str) -> &'a serde_json::Value {
+    records
+        .iter()
+        .find(|r| r["type"] == t && r["target"] == target)
+        .unwrap_or_else(|| panic!("no {t} record for {target} in {records:#?}"))
+}
+
+pub fn errors(records: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    of_type(records, "error")
+}

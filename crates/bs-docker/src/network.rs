@@ -1,0 +1,139 @@
+//! Declared bridge networks: created when missing; one that differs from
+//! its declaration is drift, recreated only when nothing is attached (or
+//! with `--force`, which reconnects what was attached).
+
+use std::collections::HashMap;
+
+use bollard::models::{Ipam, IpamConfig, Network, NetworkCreateRequest};
+use bs_core::config::NetworkSpec;
+
+use crate::engine::{labels, Engine, EngineError};
+
+pub const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+
+/// The network as it exists, `None` when absent.
+pub fn inspect(engine: &Engine, name: &str) -> Result<Option<Network>, EngineError> {
+    match engine.block_on(engine.docker().inspect_network(
+        name,
+        None::<bollard::query_parameters::InspectNetworkOptions>,
+    )) {
+        Ok(n) => Ok(Some(n)),
+        Err(e) => match engine.error("inspect network", name, e) {
+            EngineError::NotFound { .. } => Ok(None),
+            other => Err(other),
+        },
+    }
+}
+
+/// How an existing network differs from its declaration.
+pub fn differences(spec: &NetworkSpec, n: &Network) -> Vec<String> {
+    let mut out = Vec::new();
+    let driver = n.driver.clone().unwrap_or_default();
+    if driver != "bridge" {
+        out.push(format!("driver is {driver:?}, not bridge"));
+    }
+    if n.internal.unwrap_or(false) != spec.internal {
+        out.push(format!(
+            "internal is {}, declared {}",
+            !spec.internal, spec.internal
+        ));
+    }
+    let icc = n
+        .options
+        .as_ref()
+        .and_then(|o| o.get(ICC_OPTION))
+        .map(|v| v == "true")
+        // The engine's default for a user bridge is icc on.
+        .unwrap_or(true);
+    if icc != spec.icc {
+        out.push(format!("icc is {icc}, declared {}", spec.icc));
+    }
+    if let Some(want) = &spec.subnet {
+        let subnets: Vec<String> = n
+            .ipam
+            .as_ref()
+            .and_then(|i| i.config.as_ref())
+            .map(|c| c.iter().filter_map(|c| c.subnet.clone()).collect())
+            .unwrap_or_default();
+        if !subnets.contains(want) {
+            out.push(format!("subnet is {subnets:?}, declared {want}"));
+        }
+    }
+    out
+}
+
+/// Names of the containers attached to the network.
+pub fn attached(n: &Network) -> Vec<String> {
+    let mut names: Vec<String> = n
+        .containers
+        .as_ref()
+        .map(|c| {
+            c.iter()
+                .map(|(id, c)| c.name.clone().unwrap_or_else(|| id.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+pub fn create(engine: &Engine, name: &str, spec: &NetworkSpec) -> Result<(), EngineError> {
+    let mut options = HashMap::new();
+    options.insert(ICC_OPTION.to_string(), spec.icc.to_string());
+    let mut net_labels = HashMap::new();
+    net_labels.insert(labels::MANAGED_BY.to_string(), "bs-docker".to_string());
+    let req = NetworkCreateRequest {
+        name: name.to_string(),
+        driver: Some("bridge".into()),
+        internal: Some(spec.internal),
+        options: Some(options),
+        labels: Some(net_labels),
+        ipam: spec.subnet.as_ref().map(|s| Ipam {
+            config: Some(vec![IpamConfig {
+                subnet: Some(s.clone()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    engine
+        .block_on(engine.docker().create_network(req))
+        .map(|_| ())
+        .map_err(|e| engine.error("create network", name, e))
+}
+
+/// Remove and create again; with containers attached (forced), they are
+/// disconnected first and connected to the new network afterwards.
+pub fn recreate(
+    engine: &Engine,
+    name: &str,
+    spec: &NetworkSpec,
+    n: &Network,
+) -> Result<(), EngineError> {
+    let attached = attached(n);
+    let docker = engine.docker();
+    for c in &attached {
+        let req = bollard::models::NetworkDisconnectRequest {
+            container: Some(c.clone()),
+            force: Some(true),
+        };
+        engine
+            .block_on(docker.disconnect_network(name, req))
+            .map_err(|e| engine.error("disconnect", c, e))?;
+    }
+    engine
+        .block_on(docker.remove_network(name))
+        .map_err(|e| engine.error("remove network", name, e))?;
+    create(engine, name, spec)?;
+    for c in &attached {
+        let req = bollard::models::NetworkConnectRequest {
+            container: Some(c.clone()),
+            ..Default::default()
+        };
+        engine
+            .block_on(docker.connect_network(name, req))
+            .map_err(|e| engine.error("connect", c, e))?;
+    }
+    Ok(())
+}
