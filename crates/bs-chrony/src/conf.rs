@@ -88,7 +88,9 @@ pub fn normalise(line: &str) -> String {
 /// `<conf_d>/<DROPIN_NAME>`, if any.
 pub fn including_line(main: &str, conf_d: &Path) -> Option<usize> {
     main.lines().position(|line| match directive(line) {
-        Some((name, args)) if name == "confdir" => args.iter().any(|a| same_dir(Path::new(a), conf_d)),
+        Some((name, args)) if name == "confdir" => {
+            args.iter().any(|a| same_dir(Path::new(a), conf_d))
+        }
         Some((name, args)) if name == "include" => args.first().is_some_and(|pattern| {
             let p = Path::new(pattern);
             match (p.parent(), p.file_name().and_then(|f| f.to_str())) {
@@ -176,7 +178,8 @@ pub fn desired(cfg: &ChronyConfig, current_main: &str) -> Result<Desired, ConfEr
             let manage_makestep = !cfg.makestep.trim().is_empty();
             let mut main = String::with_capacity(base.len());
             for (i, line) in base.lines().enumerate() {
-                let overrides = i > at && matches!(directive(line), Some((name, _)) if name == "makestep");
+                let overrides =
+                    i > at && matches!(directive(line), Some((name, _)) if name == "makestep");
                 if manage_makestep && overrides {
                     main.push_str(DISABLED);
                 }
@@ -209,7 +212,12 @@ pub fn desired(cfg: &ChronyConfig, current_main: &str) -> Result<Desired, ConfEr
 /// the directive that reads conf_d points at `scratch_conf_d` (a copy of
 /// conf_d holding the new drop-in instead of the live one), and every other
 /// `confdir`/`include` path is taken under the root.
-pub fn for_validation(main: &str, conf_d: &Path, scratch_conf_d: &Path, under_root: &dyn Fn(&Path) -> PathBuf) -> String {
+pub fn for_validation(
+    main: &str,
+    conf_d: &Path,
+    scratch_conf_d: &Path,
+    under_root: &dyn Fn(&Path) -> PathBuf,
+) -> String {
     let mut out = String::with_capacity(main.len() + 64);
     for line in main.lines() {
         match directive(line) {
@@ -253,7 +261,9 @@ pub fn effective_problems(cfg: &ChronyConfig, printed: &str) -> Vec<String> {
     let mut problems = Vec::new();
     let refclock = normalise(&cfg.refclock_line);
     if !lines.contains(&refclock) {
-        problems.push(format!("`{refclock}` is not in the configuration chronyd reads"));
+        problems.push(format!(
+            "`{refclock}` is not in the configuration chronyd reads"
+        ));
     }
     if !cfg.makestep.trim().is_empty() {
         let ours = format!("makestep {}", normalise(&cfg.makestep));
@@ -275,7 +285,8 @@ pub fn effective_problems(cfg: &ChronyConfig, printed: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    const DEBIAN: &str = "# Welcome\nconfdir /etc/chrony/conf.d\npool 2.debian.pool.ntp.org iburst\n\
+    const DEBIAN: &str =
+        "# Welcome\nconfdir /etc/chrony/conf.d\npool 2.debian.pool.ntp.org iburst\n\
                           sourcedir /etc/chrony/sources.d\ndriftfile /var/lib/chrony/chrony.drift\n\
                           makestep 1 3\nleapsectz right/UTC\n";
 
@@ -291,9 +302,15 @@ mod tests {
         let d = desired(&cfg(), DEBIAN).unwrap();
         assert_eq!(d.placement, Placement::Dropin);
         let dropin = d.dropin.unwrap();
-        assert!(dropin.contains("\nrefclock PHC /dev/ptp_hyperv poll 3 dpoll -2 offset 0 stratum 2\n"));
+        assert!(
+            dropin.contains("\nrefclock PHC /dev/ptp_hyperv poll 3 dpoll -2 offset 0 stratum 2\n")
+        );
         assert!(dropin.ends_with("\nmakestep 1.0 -1\n"));
-        assert!(d.main.contains("\n#bs-chrony-disabled: makestep 1 3\n"), "{}", d.main);
+        assert!(
+            d.main.contains("\n#bs-chrony-disabled: makestep 1 3\n"),
+            "{}",
+            d.main
+        );
         assert!(!d.main.contains("BEGIN"));
         // Turning the refclock off restores the distribution's line.
         let off = desired(&ChronyConfig::default(), &d.main).unwrap();
@@ -314,13 +331,20 @@ mod tests {
         let d = desired(&cfg(), main).unwrap();
         assert_eq!(d.placement, Placement::Block);
         assert!(d.dropin.is_none());
-        assert!(d.main.starts_with("pool x iburst\nmakestep 1 3\n# BEGIN bs-chrony\n"));
+        assert!(d
+            .main
+            .starts_with("pool x iburst\nmakestep 1 3\n# BEGIN bs-chrony\n"));
         assert!(d.main.ends_with("makestep 1.0 -1\n# END bs-chrony\n"));
     }
 
     #[test]
     fn desired_is_idempotent_in_both_placements() {
-        for main in [DEBIAN, "pool x\n", "pool x", "include /etc/chrony/conf.d/*.conf\nmakestep 1 3\n"] {
+        for main in [
+            DEBIAN,
+            "pool x\n",
+            "pool x",
+            "include /etc/chrony/conf.d/*.conf\nmakestep 1 3\n",
+        ] {
             let once = desired(&cfg(), main).unwrap();
             let twice = desired(&cfg(), &once.main).unwrap();
             assert_eq!(once, twice, "{main:?}");
@@ -334,17 +358,31 @@ mod tests {
         other.refclock_line = "refclock PHC /dev/ptp_hyperv poll 2".into();
         let second = desired(&other, &first.main).unwrap();
         assert_eq!(second.main.matches("refclock").count(), 1);
-        assert!(second.main.contains("refclock PHC /dev/ptp_hyperv poll 2\n"));
+        assert!(second
+            .main
+            .contains("refclock PHC /dev/ptp_hyperv poll 2\n"));
     }
 
     #[test]
     fn which_directives_read_the_dropin() {
         let d = Path::new("/etc/chrony/conf.d");
         assert_eq!(including_line("confdir /etc/chrony/conf.d\n", d), Some(0));
-        assert_eq!(including_line("x\nCONFDIR /usr/lib/chrony /etc/chrony/conf.d/\n", d), Some(1));
-        assert_eq!(including_line("include /etc/chrony/conf.d/*.conf\n", d), Some(0));
-        assert_eq!(including_line("include /etc/chrony/conf.d/bs-*\n", d), Some(0));
-        assert_eq!(including_line("include /etc/chrony/conf.d/*.sources\n", d), None);
+        assert_eq!(
+            including_line("x\nCONFDIR /usr/lib/chrony /etc/chrony/conf.d/\n", d),
+            Some(1)
+        );
+        assert_eq!(
+            including_line("include /etc/chrony/conf.d/*.conf\n", d),
+            Some(0)
+        );
+        assert_eq!(
+            including_line("include /etc/chrony/conf.d/bs-*\n", d),
+            Some(0)
+        );
+        assert_eq!(
+            including_line("include /etc/chrony/conf.d/*.sources\n", d),
+            None
+        );
         assert_eq!(including_line("sourcedir /etc/chrony/conf.d\n", d), None);
         assert_eq!(including_line("# confdir /etc/chrony/conf.d\n", d), None);
         assert_eq!(including_line("confdir /etc/chrony/other\n", d), None);
@@ -356,14 +394,22 @@ mod tests {
             desired(&cfg(), "a\n# BEGIN bs-chrony\nrefclock x\n").unwrap_err(),
             ConfError::UnterminatedBlock(2)
         );
-        assert_eq!(desired(&cfg(), "# END bs-chrony\n").unwrap_err(), ConfError::StrayEnd(1));
+        assert_eq!(
+            desired(&cfg(), "# END bs-chrony\n").unwrap_err(),
+            ConfError::StrayEnd(1)
+        );
     }
 
     #[test]
     fn validation_copy_points_the_include_at_the_scratch_dir() {
         let main = "confdir /usr/lib/x /etc/chrony/conf.d\ninclude /etc/chrony/conf.d/*.conf\ninclude /etc/other.conf\npool x\n";
         let under = |p: &Path| Path::new("/sandbox").join(p.strip_prefix("/").unwrap_or(p));
-        let v = for_validation(main, Path::new("/etc/chrony/conf.d"), Path::new("/tmp/s/conf.d"), &under);
+        let v = for_validation(
+            main,
+            Path::new("/etc/chrony/conf.d"),
+            Path::new("/tmp/s/conf.d"),
+            &under,
+        );
         assert_eq!(
             v,
             "confdir /sandbox/usr/lib/x /tmp/s/conf.d\ninclude /tmp/s/conf.d/*.conf\ninclude /sandbox/etc/other.conf\npool x\n"

@@ -31,7 +31,8 @@ pub fn detect(root: &Root, device: &Path) -> Detection {
             if !name.starts_with("ptp") {
                 continue;
             }
-            let clock = std::fs::read_to_string(entry.path().join("clock_name")).unwrap_or_default();
+            let clock =
+                std::fs::read_to_string(entry.path().join("clock_name")).unwrap_or_default();
             if clock.trim() == "hyperv" {
                 hyperv_clocks.push(name);
             }

@@ -87,9 +87,9 @@ impl Change for ChronyChange {
     }
     fn target(&self) -> String {
         match self {
-            ChronyChange::Write { target, .. } | ChronyChange::Remove { target } | ChronyChange::Restart { target, .. } => {
-                target.clone()
-            }
+            ChronyChange::Write { target, .. }
+            | ChronyChange::Remove { target }
+            | ChronyChange::Restart { target, .. } => target.clone(),
         }
     }
 }
@@ -99,6 +99,10 @@ pub struct Ctx<'a> {
     pub root: &'a Root,
     pub cfg: &'a ChronyConfig,
     pub runner: &'a dyn Runner,
+    /// Whether the root is the running host, whose chronyd is restarted
+    /// after a change (`root.is_live()`; tests of the restart bookkeeping
+    /// set it on a sandbox with a recording runner).
+    pub live: bool,
 }
 
 impl Ctx<'_> {
@@ -124,6 +128,7 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>, Error> {
         root: &root,
         cfg: &config.chrony,
         runner: &runner,
+        live: root.is_live(),
     };
     match cli.verb {
         Verb::Plan => {
@@ -132,7 +137,10 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>, Error> {
         }
         Verb::Apply(args) => {
             out.set_mode(Mode::Apply);
-            let given = args.plan_input().map(|p| p.read::<ChronyChange>(TOOL)).transpose()?;
+            let given = args
+                .plan_input()
+                .map(|p| p.read::<ChronyChange>(TOOL))
+                .transpose()?;
             let _lock = cli.global.lock(&root)?;
             converge(&ctx, Mode::Apply, given, out)?;
         }
@@ -160,7 +168,12 @@ pub fn clock(ctx: &Ctx, out: &mut Output) -> Option<status::Clock> {
         match ctx.runner.run(&cmd) {
             Ok(r) if r.success() => Some(r.stdout),
             Ok(r) => {
-                let msg = format!("`{}` failed (exit {:?}): {}", cmd.argv().join(" "), r.status, r.stderr);
+                let msg = format!(
+                    "`{}` failed (exit {:?}): {}",
+                    cmd.argv().join(" "),
+                    r.status,
+                    r.stderr
+                );
                 out.error("chronyc_failed", &ctx.cfg.service, &msg);
                 None
             }
@@ -172,7 +185,8 @@ pub fn clock(ctx: &Ctx, out: &mut Output) -> Option<status::Clock> {
     };
     let tracking = ask("tracking")?;
     let sources = ask("sources")?;
-    let parsed = status::parse_tracking(&tracking).and_then(|t| Ok((t, status::parse_sources(&sources)?)));
+    let parsed =
+        status::parse_tracking(&tracking).and_then(|t| Ok((t, status::parse_sources(&sources)?)));
     match parsed {
         Ok((tracking, sources)) => {
             for s in &sources {
@@ -183,7 +197,11 @@ pub fn clock(ctx: &Ctx, out: &mut Output) -> Option<status::Clock> {
             Some(clock)
         }
         Err(e) => {
-            out.error("chronyc_output", &ctx.cfg.service, &format!("cannot read chronyc's output: {e}"));
+            out.error(
+                "chronyc_output",
+                &ctx.cfg.service,
+                &format!("cannot read chronyc's output: {e}"),
+            );
             None
         }
     }
@@ -216,7 +234,12 @@ struct Unchanged<'a> {
 
 /// Packages, detection, the config files and the restart. Item failures are
 /// error records (exit 1); only a broken run returns `Err`.
-pub fn converge(ctx: &Ctx, mode: Mode, given: Option<Vec<ChronyChange>>, out: &mut Output) -> Result<(), Error> {
+pub fn converge(
+    ctx: &Ctx,
+    mode: Mode,
+    given: Option<Vec<ChronyChange>>,
+    out: &mut Output,
+) -> Result<(), Error> {
     let chronyd_present = packages::report(ctx, out);
     let Some(planned) = plan(ctx, chronyd_present, out)? else {
         return Ok(());
@@ -271,14 +294,22 @@ fn plan(ctx: &Ctx, chronyd_present: bool, out: &mut Output) -> Result<Option<Pla
     let conf_target = cfg.conf.display().to_string();
     let Some(main) = read_optional(&conf_path)? else {
         if cfg.refclock {
-            out.error("chrony_conf_missing", &conf_target, "chrony.conf does not exist (is chrony installed?): nothing changed");
+            out.error(
+                "chrony_conf_missing",
+                &conf_target,
+                "chrony.conf does not exist (is chrony installed?): nothing changed",
+            );
         }
         return Ok(None);
     };
     let desired = match conf::desired(cfg, &main) {
         Ok(d) => d,
         Err(e) => {
-            out.error("chrony_conf_block", &conf_target, &format!("{e}; nothing changed"));
+            out.error(
+                "chrony_conf_block",
+                &conf_target,
+                &format!("{e}; nothing changed"),
+            );
             return Ok(None);
         }
     };
@@ -291,7 +322,9 @@ fn plan(ctx: &Ctx, chronyd_present: bool, out: &mut Output) -> Result<Option<Pla
             placement: Placement::Dropin,
             sha256: sha256(want),
         }),
-        (None, Some(_)) => changes.push(ChronyChange::Remove { target: dropin_target }),
+        (None, Some(_)) => changes.push(ChronyChange::Remove {
+            target: dropin_target,
+        }),
         (Some(_), _) => out.item(
             "chrony_conf",
             false,
@@ -320,7 +353,7 @@ fn plan(ctx: &Ctx, chronyd_present: bool, out: &mut Output) -> Result<Option<Pla
             },
         );
     }
-    let pending = ctx.root.is_live() && ctx.pending_path().exists();
+    let pending = ctx.live && ctx.pending_path().exists();
     if !changes.is_empty() || pending {
         let reason = if changes.is_empty() {
             "an earlier run changed the config but did not restart chrony"
@@ -335,20 +368,36 @@ fn plan(ctx: &Ctx, chronyd_present: bool, out: &mut Output) -> Result<Option<Pla
     Ok(Some(Planned { changes, desired }))
 }
 
-fn apply(ctx: &Ctx, changes: &[ChronyChange], desired: &Desired, out: &mut Output) -> Result<(), Error> {
+fn apply(
+    ctx: &Ctx,
+    changes: &[ChronyChange],
+    desired: &Desired,
+    out: &mut Output,
+) -> Result<(), Error> {
     let cfg = ctx.cfg;
-    let live = ctx.root.is_live();
-    let files: Vec<&ChronyChange> = changes.iter().filter(|c| !matches!(c, ChronyChange::Restart { .. })).collect();
+    let live = ctx.live;
+    let files: Vec<&ChronyChange> = changes
+        .iter()
+        .filter(|c| !matches!(c, ChronyChange::Restart { .. }))
+        .collect();
     if !files.is_empty() {
         // The complete resulting config must parse before any of it goes live.
         match validate::check(ctx, desired) {
             Ok(printed) => {
                 for problem in conf::effective_problems(cfg, &printed) {
-                    out.error("effective_config", &cfg.conf.display().to_string(), &problem);
+                    out.error(
+                        "effective_config",
+                        &cfg.conf.display().to_string(),
+                        &problem,
+                    );
                 }
             }
             Err(message) => {
-                out.error("config_invalid", &cfg.conf.display().to_string(), &format!("{message}; nothing was installed"));
+                out.error(
+                    "config_invalid",
+                    &cfg.conf.display().to_string(),
+                    &format!("{message}; nothing was installed"),
+                );
                 return Ok(());
             }
         }
@@ -357,7 +406,11 @@ fn apply(ctx: &Ctx, changes: &[ChronyChange], desired: &Desired, out: &mut Outpu
             if let Some(dir) = pending.parent() {
                 safefs::ensure_dir_all(dir, &FileSpec::root(0o755))?;
             }
-            safefs::write_atomic(&pending, b"the chrony config changed; chrony has not been restarted since\n", &FileSpec::root(0o644))?;
+            safefs::write_atomic(
+                &pending,
+                b"the chrony config changed; chrony has not been restarted since\n",
+                &FileSpec::root(0o644),
+            )?;
         }
         for change in &files {
             if let Err(e) = write_one(ctx, change, desired) {
@@ -369,7 +422,10 @@ fn apply(ctx: &Ctx, changes: &[ChronyChange], desired: &Desired, out: &mut Outpu
             out.item(change.record_type(), true, change);
         }
     }
-    if let Some(change) = changes.iter().find(|c| matches!(c, ChronyChange::Restart { .. })) {
+    if let Some(change) = changes
+        .iter()
+        .find(|c| matches!(c, ChronyChange::Restart { .. }))
+    {
         let outcome = restart::ordered_restart(ctx.runner, cfg, out);
         #[derive(Serialize)]
         struct Done<'a> {

@@ -25,7 +25,7 @@ struct Package {
 
 /// Emit the `package` records; returns whether chronyd is there.
 pub fn report(ctx: &Ctx, out: &mut Output) -> bool {
-    let live = ctx.root.is_live();
+    let live = ctx.live;
     let seen_on = if live { "root" } else { "live_host" };
     // On a live root the two are the same path; under a sandbox the host's
     // chronyd is the one that validates.
@@ -34,7 +34,12 @@ pub fn report(ctx: &Ctx, out: &mut Output) -> bool {
         "package",
         &Package {
             target: "chrony",
-            state: if chronyd_present { "installed" } else { "missing" }.into(),
+            state: if chronyd_present {
+                "installed"
+            } else {
+                "missing"
+            }
+            .into(),
             path: ctx.cfg.chronyd.display().to_string(),
             seen_on,
             note: if live {
@@ -46,7 +51,10 @@ pub fn report(ctx: &Ctx, out: &mut Output) -> bool {
     );
 
     let (state, note) = match ctx.cfg.service_manager {
-        ServiceManagerKind::Commands => ("unknown".to_string(), "service_manager is \"commands\": no systemd to ask".to_string()),
+        ServiceManagerKind::Commands => (
+            "unknown".to_string(),
+            "service_manager is \"commands\": no systemd to ask".to_string(),
+        ),
         ServiceManagerKind::Systemd => {
             let cmd = Cmd::new("systemctl").args(["is-active", "systemd-timesyncd.service"]);
             match ctx.runner.run(&cmd) {

@@ -52,7 +52,11 @@ impl ServiceManager {
     /// host's answer that decides.
     pub fn is_active(&self, unit: &str) -> Option<Cmd> {
         match self {
-            ServiceManager::Systemd => Some(Cmd::new("systemctl").args(["is-active", "--quiet", unit]).host()),
+            ServiceManager::Systemd => Some(
+                Cmd::new("systemctl")
+                    .args(["is-active", "--quiet", unit])
+                    .host(),
+            ),
             ServiceManager::Commands(_) => None,
         }
     }
@@ -88,16 +92,29 @@ pub fn chronyc(cfg: &ChronyConfig, args: &[&str]) -> Cmd {
     if !cfg.chronyc_host.is_empty() {
         cmd = cmd.args(["-h", cfg.chronyc_host.as_str()]);
     }
-    cmd.args(["-n", "-c"]).args(args.iter().copied()).timeout(Duration::from_secs(10))
+    cmd.args(["-n", "-c"])
+        .args(args.iter().copied())
+        .timeout(Duration::from_secs(10))
 }
 
 fn run(runner: &dyn Runner, cmd: &Cmd) -> Result<Ran, String> {
     runner.run(cmd).map_err(|e| e.to_string())
 }
 
-fn step(out: &mut Output, name: &'static str, target: &str, cmd: &Cmd, result: &Result<Ran, String>) -> bool {
+fn step(
+    out: &mut Output,
+    name: &'static str,
+    target: &str,
+    cmd: &Cmd,
+    result: &Result<Ran, String>,
+) -> bool {
     let (status, skipped, ok, detail) = match result {
-        Ok(ran) => (ran.status, ran.skipped, ran.success() || ran.skipped, ran.stderr.clone()),
+        Ok(ran) => (
+            ran.status,
+            ran.skipped,
+            ran.success() || ran.skipped,
+            ran.stderr.clone(),
+        ),
         Err(e) => (None, false, false, e.clone()),
     };
     out.emit(
@@ -121,7 +138,12 @@ pub fn ordered_restart(runner: &dyn Runner, cfg: &ChronyConfig, out: &mut Output
     ordered_restart_with(runner, cfg, out, Duration::from_millis(250))
 }
 
-pub fn ordered_restart_with(runner: &dyn Runner, cfg: &ChronyConfig, out: &mut Output, poll: Duration) -> Outcome {
+pub fn ordered_restart_with(
+    runner: &dyn Runner,
+    cfg: &ChronyConfig,
+    out: &mut Output,
+    poll: Duration,
+) -> Outcome {
     let mgr = ServiceManager::from_config(cfg);
     let mut stopped: Vec<&str> = Vec::new();
     let mut outcome = Outcome {
@@ -175,8 +197,28 @@ pub fn ordered_restart_with(runner: &dyn Runner, cfg: &ChronyConfig, out: &mut O
                 Ok(r) => format!("exit {:?}: {}", r.status, r.stderr),
                 Err(e) => e.clone(),
             };
-            out.error("restart_failed", &cfg.service, &format!("restarting {} failed ({why}); the services are started again", cfg.service));
+            out.error(
+                "restart_failed",
+                &cfg.service,
+                &format!(
+                    "restarting {} failed ({why}); the services are started again",
+                    cfg.service
+                ),
+            );
         } else if outcome.skipped {
+            let wait = chronyc(cfg, &["tracking"]);
+            out.emit(
+                "restart_step",
+                &Step {
+                    step: "wait",
+                    target: cfg.service.clone(),
+                    argv: wait.argv(),
+                    status: None,
+                    skipped: true,
+                    ok: true,
+                    detail: "chrony was not restarted: nothing to wait for".into(),
+                },
+            );
             outcome.chrony_ok = true;
         } else {
             outcome.chrony_ok = wait_ready(runner, cfg, out, poll);
@@ -187,7 +229,11 @@ pub fn ordered_restart_with(runner: &dyn Runner, cfg: &ChronyConfig, out: &mut O
         let cmd = mgr.command("start", unit);
         let result = run(runner, &cmd);
         if !step(out, "start", unit, &cmd, &result) {
-            out.error("start_failed", unit, &format!("could not start {unit} again"));
+            out.error(
+                "start_failed",
+                unit,
+                &format!("could not start {unit} again"),
+            );
             outcome.services_ok = false;
         }
     }
@@ -216,7 +262,10 @@ fn wait_ready(runner: &dyn Runner, cfg: &ChronyConfig, out: &mut Output, poll: D
                         status: r.status,
                         skipped: false,
                         ok: true,
-                        detail: format!("chronyd answered after {attempts} attempt(s), {} ms", started.elapsed().as_millis()),
+                        detail: format!(
+                            "chronyd answered after {attempts} attempt(s), {} ms",
+                            started.elapsed().as_millis()
+                        ),
                     },
                 );
                 return true;
@@ -244,7 +293,10 @@ fn wait_ready(runner: &dyn Runner, cfg: &ChronyConfig, out: &mut Output, poll: D
     out.error(
         "not_ready",
         &cfg.service,
-        &format!("chronyd did not answer within {} s after its restart", cfg.ready_timeout_secs),
+        &format!(
+            "chronyd did not answer within {} s after its restart",
+            cfg.ready_timeout_secs
+        ),
     );
     false
 }
@@ -257,7 +309,10 @@ mod tests {
     fn cfg() -> ChronyConfig {
         ChronyConfig {
             refclock: true,
-            dependent_services: vec!["bs-jobs-poller.service".into(), "bs-jobs-worker.service".into()],
+            dependent_services: vec![
+                "bs-jobs-poller.service".into(),
+                "bs-jobs-worker.service".into(),
+            ],
             ready_timeout_secs: 1,
             ..ChronyConfig::default()
         }
@@ -267,7 +322,14 @@ mod tests {
         cap.records()
             .iter()
             .filter(|r| r["type"] == "restart_step")
-            .map(|r| format!("{} {} {}", r["step"].as_str().unwrap(), r["target"].as_str().unwrap(), r["ok"]))
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    r["step"].as_str().unwrap(),
+                    r["target"].as_str().unwrap(),
+                    r["ok"]
+                )
+            })
             .collect()
     }
 
@@ -312,12 +374,28 @@ mod tests {
         assert!(!outcome.chrony_ok);
         assert!(outcome.services_ok);
         let lines = runner.ran_lines();
-        assert_eq!(&lines[lines.len() - 2..], ["systemctl start bs-jobs-worker.service", "systemctl start bs-jobs-poller.service"]);
-        assert!(!lines.iter().any(|l| l.contains("chronyc")), "no wait after a failed restart");
-        let errors: Vec<_> = cap.records().into_iter().filter(|r| r["type"] == "error").collect();
+        assert_eq!(
+            &lines[lines.len() - 2..],
+            [
+                "systemctl start bs-jobs-worker.service",
+                "systemctl start bs-jobs-poller.service"
+            ]
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("chronyc")),
+            "no wait after a failed restart"
+        );
+        let errors: Vec<_> = cap
+            .records()
+            .into_iter()
+            .filter(|r| r["type"] == "error")
+            .collect();
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0]["kind"], "restart_failed");
-        assert!(errors[0]["message"].as_str().unwrap().contains("Job for chrony.service failed"));
+        assert!(errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Job for chrony.service failed"));
     }
 
     #[test]
@@ -331,10 +409,20 @@ mod tests {
         let outcome = ordered_restart_with(&runner, &cfg(), &mut out, Duration::from_millis(50));
         assert!(started.elapsed() < Duration::from_secs(3));
         assert!(!outcome.chrony_ok && outcome.services_ok);
-        assert!(runner.ran_lines().iter().filter(|l| l.contains("tracking")).count() >= 5);
+        assert!(
+            runner
+                .ran_lines()
+                .iter()
+                .filter(|l| l.contains("tracking"))
+                .count()
+                >= 5
+        );
         assert!(steps(&cap).contains(&"wait chrony.service false".to_string()));
         assert!(cap.records().iter().any(|r| r["kind"] == "not_ready"));
-        assert_eq!(runner.ran_lines().last().unwrap(), "systemctl start bs-jobs-poller.service");
+        assert_eq!(
+            runner.ran_lines().last().unwrap(),
+            "systemctl start bs-jobs-poller.service"
+        );
     }
 
     #[test]
@@ -346,7 +434,10 @@ mod tests {
         assert!(!outcome.chrony_ok);
         let lines = runner.ran_lines();
         assert!(!lines.iter().any(|l| l.contains("restart")));
-        assert_eq!(lines.last().unwrap(), "systemctl start bs-jobs-poller.service");
+        assert_eq!(
+            lines.last().unwrap(),
+            "systemctl start bs-jobs-poller.service"
+        );
         assert!(!lines.contains(&"systemctl start bs-jobs-worker.service".to_string()));
         assert!(cap.records().iter().any(|r| r["kind"] == "stop_failed"));
     }
@@ -358,7 +449,9 @@ mod tests {
         let (mut out, _cap) = Output::capture("bs-chrony");
         ordered_restart(&runner, &cfg(), &mut out);
         let lines = runner.ran_lines();
-        assert!(!lines.iter().any(|l| l.contains("stop bs-jobs-poller") || l.contains("start bs-jobs-poller")));
+        assert!(!lines
+            .iter()
+            .any(|l| l.contains("stop bs-jobs-poller") || l.contains("start bs-jobs-poller")));
         assert!(lines.contains(&"systemctl start bs-jobs-worker.service".to_string()));
     }
 
@@ -369,8 +462,14 @@ mod tests {
         let (mut out, cap) = Output::capture("bs-chrony");
         let outcome = ordered_restart(&runner, &cfg(), &mut out);
         assert!(outcome.chrony_ok && !outcome.services_ok);
-        assert_eq!(runner.ran_lines().last().unwrap(), "systemctl start bs-jobs-poller.service");
-        assert!(cap.records().iter().any(|r| r["kind"] == "start_failed" && r["target"] == "bs-jobs-worker.service"));
+        assert_eq!(
+            runner.ran_lines().last().unwrap(),
+            "systemctl start bs-jobs-poller.service"
+        );
+        assert!(cap
+            .records()
+            .iter()
+            .any(|r| r["kind"] == "start_failed" && r["target"] == "bs-jobs-worker.service"));
     }
 
     #[test]
@@ -378,7 +477,14 @@ mod tests {
         let mut c = cfg();
         c.service_manager = ServiceManagerKind::Commands;
         for verb in ["start", "stop", "restart"] {
-            c.service_commands.insert(verb.into(), vec!["/usr/local/sbin/svc".into(), verb.into(), "{service}".into()]);
+            c.service_commands.insert(
+                verb.into(),
+                vec![
+                    "/usr/local/sbin/svc".into(),
+                    verb.into(),
+                    "{service}".into(),
+                ],
+            );
         }
         c.chronyc_host = "/run/chrony/chronyd.sock".into();
         let runner = RecordingRunner::new();

@@ -3,7 +3,7 @@
 //!
 //! `tracking` has 14 fields: reference ID (hex), reference name, stratum,
 //! reference time (Unix seconds), system time offset (seconds; positive:
-//! the system clock is fast), last offset, RMS offset, frequency (ppm;
+//! the system clock is behind, `chronyc tracking` says "slow of NTP time"), last offset, RMS offset, frequency (ppm;
 //! positive: the clock runs slow), residual frequency, skew, root delay,
 //! root dispersion, update interval, leap status.
 //!
@@ -61,15 +61,23 @@ impl Source {
 
 fn field<T: std::str::FromStr>(fields: &[&str], i: usize, what: &str) -> Result<T, String> {
     let raw = fields.get(i).ok_or_else(|| format!("no {what} field"))?;
-    raw.trim().parse().map_err(|_| format!("{what}: cannot parse {raw:?}"))
+    raw.trim()
+        .parse()
+        .map_err(|_| format!("{what}: cannot parse {raw:?}"))
 }
 
 /// Parse the one line `chronyc -c tracking` prints.
 pub fn parse_tracking(text: &str) -> Result<Tracking, String> {
-    let line = text.lines().find(|l| !l.trim().is_empty()).ok_or("empty tracking output")?;
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .ok_or("empty tracking output")?;
     let f: Vec<&str> = line.split(',').collect();
     if f.len() != 14 {
-        return Err(format!("tracking: expected 14 fields, got {}: {line:?}", f.len()));
+        return Err(format!(
+            "tracking: expected 14 fields, got {}: {line:?}",
+            f.len()
+        ));
     }
     Ok(Tracking {
         reference_id: f[0].to_string(),
@@ -95,7 +103,10 @@ pub fn parse_sources(text: &str) -> Result<Vec<Source>, String> {
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let f: Vec<&str> = line.split(',').collect();
         if f.len() != 10 {
-            return Err(format!("sources: expected 10 fields, got {}: {line:?}", f.len()));
+            return Err(format!(
+                "sources: expected 10 fields, got {}: {line:?}",
+                f.len()
+            ));
         }
         let last_rx: u64 = field(&f, 6, "last rx")?;
         sources.push(Source {
@@ -118,7 +129,11 @@ pub fn parse_sources(text: &str) -> Result<Vec<Source>, String> {
 /// the driver name (chronyd appends the refclock's index: `PHC0`).
 pub fn refclock_name(cfg: &ChronyConfig) -> (String, bool) {
     let words: Vec<&str> = cfg.refclock_line.split_whitespace().collect();
-    match words.iter().position(|w| *w == "refid").and_then(|i| words.get(i + 1)) {
+    match words
+        .iter()
+        .position(|w| *w == "refid")
+        .and_then(|i| words.get(i + 1))
+    {
         Some(refid) => (refid.to_string(), true),
         None => (words.get(1).copied().unwrap_or("PHC").to_string(), false),
     }
@@ -140,17 +155,32 @@ pub struct Clock {
 }
 
 pub fn evaluate(cfg: &ChronyConfig, tracking: Tracking, sources: &[Source]) -> Clock {
-    let synchronised = tracking.leap_status != "Not synchronised" && tracking.stratum > 0 && tracking.reference_id != "00000000";
+    let synchronised = tracking.leap_status != "Not synchronised"
+        && tracking.stratum > 0
+        && tracking.reference_id != "00000000";
     let selected = sources.iter().find(|s| s.selected());
     let (name, exact) = refclock_name(cfg);
-    let refclock_selected = selected.is_some_and(|s| s.is_refclock() && if exact { s.name == name } else { s.name.starts_with(&name) });
+    let refclock_selected = selected.is_some_and(|s| {
+        s.is_refclock()
+            && if exact {
+                s.name == name
+            } else {
+                s.name.starts_with(&name)
+            }
+    });
     let mut problems = Vec::new();
     if !synchronised {
-        problems.push(format!("not synchronised (leap status {:?}, stratum {})", tracking.leap_status, tracking.stratum));
+        problems.push(format!(
+            "not synchronised (leap status {:?}, stratum {})",
+            tracking.leap_status, tracking.stratum
+        ));
     }
     let offset = tracking.system_time_offset_secs.abs();
     if offset > cfg.max_offset_secs {
-        problems.push(format!("system time is {offset:.6} s off, more than the bound of {} s", cfg.max_offset_secs));
+        problems.push(format!(
+            "system time is {offset:.6} s off, more than the bound of {} s",
+            cfg.max_offset_secs
+        ));
     }
     if cfg.refclock && !refclock_selected {
         problems.push(format!(
@@ -179,7 +209,8 @@ mod tests {
     const TRACKING_REFCLOCK: &str = "50484330,PHC0,1,1795328572.509548065,0.000000000,0.000000000,0.000000000,0.000,0.000,0.000,0.000000001,0.000001922,1.0,Normal\n";
     const SOURCES_REFCLOCK: &str = "#,*,PHC0,0,0,37,1,0.000000000,0.000000000,0.000000020\n";
     const TRACKING_LOCAL: &str = "7F7F0101,,3,1795328333.073584558,0.000000000,0.000000000,0.000000000,0.000,0.000,0.000,0.000000000,0.000000000,0.0,Normal\n";
-    const SOURCES_UNREACHABLE: &str = "#,?,PHC0,0,0,0,4294967295,0.000000000,0.000000000,0.000000000\n";
+    const SOURCES_UNREACHABLE: &str =
+        "#,?,PHC0,0,0,0,4294967295,0.000000000,0.000000000,0.000000000\n";
     const TRACKING_UNSYNC: &str = "00000000,,0,0.000000000,0.000000000,0.000000000,0.000000000,-12.345,0.000,0.000,1.000000000,1.000000000,0.0,Not synchronised\n";
 
     fn cfg(refclock: bool) -> ChronyConfig {
@@ -201,7 +232,10 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert!(s[0].selected() && s[0].is_refclock());
         assert_eq!(s[0].last_rx_secs, Some(1));
-        assert_eq!(parse_sources(SOURCES_UNREACHABLE).unwrap()[0].last_rx_secs, None);
+        assert_eq!(
+            parse_sources(SOURCES_UNREACHABLE).unwrap()[0].last_rx_secs,
+            None
+        );
         assert!(parse_sources("").unwrap().is_empty());
     }
 
@@ -215,7 +249,11 @@ mod tests {
 
     #[test]
     fn the_selected_phc_refclock_is_healthy() {
-        let c = evaluate(&cfg(true), parse_tracking(TRACKING_REFCLOCK).unwrap(), &parse_sources(SOURCES_REFCLOCK).unwrap());
+        let c = evaluate(
+            &cfg(true),
+            parse_tracking(TRACKING_REFCLOCK).unwrap(),
+            &parse_sources(SOURCES_REFCLOCK).unwrap(),
+        );
         assert!(c.synchronised && c.refclock_selected);
         assert_eq!(c.selected_source.as_deref(), Some("PHC0"));
         assert!(c.problems.is_empty(), "{:?}", c.problems);
@@ -223,12 +261,20 @@ mod tests {
 
     #[test]
     fn a_configured_refclock_that_is_not_selected_is_a_problem() {
-        let c = evaluate(&cfg(true), parse_tracking(TRACKING_LOCAL).unwrap(), &parse_sources(SOURCES_UNREACHABLE).unwrap());
+        let c = evaluate(
+            &cfg(true),
+            parse_tracking(TRACKING_LOCAL).unwrap(),
+            &parse_sources(SOURCES_UNREACHABLE).unwrap(),
+        );
         assert!(c.synchronised && !c.refclock_selected);
         assert_eq!(c.problems.len(), 1);
         assert!(c.problems[0].contains("not the selected source (selected: none)"));
         // Without the refclock wanted, the local reference is fine.
-        assert!(evaluate(&cfg(false), parse_tracking(TRACKING_LOCAL).unwrap(), &[]).problems.is_empty());
+        assert!(
+            evaluate(&cfg(false), parse_tracking(TRACKING_LOCAL).unwrap(), &[])
+                .problems
+                .is_empty()
+        );
     }
 
     #[test]
@@ -240,7 +286,12 @@ mod tests {
 
     #[test]
     fn offset_bound_is_checked_in_both_directions() {
-        for (offset, bad) in [("0.099000000", false), ("0.100000001", true), ("-0.150000000", true), ("-0.050000000", false)] {
+        for (offset, bad) in [
+            ("0.099000000", false),
+            ("0.100000001", true),
+            ("-0.150000000", true),
+            ("-0.050000000", false),
+        ] {
             let text = TRACKING_LOCAL.replacen(",0.000000000,", &format!(",{offset},"), 1);
             let t = parse_tracking(&text).unwrap();
             assert_eq!(t.system_time_offset_secs, offset.parse::<f64>().unwrap());
@@ -257,6 +308,8 @@ mod tests {
         assert_eq!(refclock_name(&c), ("PHC0".to_string(), true));
         // A selected server is not the refclock even if its name starts alike.
         let s = parse_sources("^,*,PHC.example.org,2,6,377,3,0.0,0.0,0.001\n").unwrap();
-        assert!(!evaluate(&cfg(true), parse_tracking(TRACKING_LOCAL).unwrap(), &s).refclock_selected);
+        assert!(
+            !evaluate(&cfg(true), parse_tracking(TRACKING_LOCAL).unwrap(), &s).refclock_selected
+        );
     }
 }

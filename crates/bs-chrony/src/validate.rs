@@ -22,7 +22,8 @@ pub fn check(ctx: &Ctx, desired: &Desired) -> Result<String, String> {
         .tempdir()
         .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
     let scratch_conf_d = scratch.path().join("conf.d");
-    std::fs::create_dir(&scratch_conf_d).map_err(|e| format!("{}: {e}", scratch_conf_d.display()))?;
+    std::fs::create_dir(&scratch_conf_d)
+        .map_err(|e| format!("{}: {e}", scratch_conf_d.display()))?;
     let live_conf_d = ctx.root.join(&ctx.cfg.conf_d);
     if let Ok(entries) = std::fs::read_dir(&live_conf_d) {
         for entry in entries.flatten() {
@@ -38,7 +39,8 @@ pub fn check(ctx: &Ctx, desired: &Desired) -> Result<String, String> {
         }
     }
     if let Some(dropin) = &desired.dropin {
-        std::fs::write(scratch_conf_d.join(DROPIN_NAME), dropin).map_err(|e| format!("scratch drop-in: {e}"))?;
+        std::fs::write(scratch_conf_d.join(DROPIN_NAME), dropin)
+            .map_err(|e| format!("scratch drop-in: {e}"))?;
     }
     let root = ctx.root.clone();
     let under_root = move |p: &Path| root.join(p);
@@ -46,10 +48,28 @@ pub fn check(ctx: &Ctx, desired: &Desired) -> Result<String, String> {
     let main_path = scratch.path().join("chrony.conf");
     std::fs::write(&main_path, main).map_err(|e| format!("scratch chrony.conf: {e}"))?;
 
-    let cmd = Cmd::new(ctx.cfg.chronyd.display().to_string()).args(["-p", "-f"]).arg(main_path.display().to_string());
+    let cmd = Cmd::new(ctx.cfg.chronyd.display().to_string())
+        .args(["-p", "-f"])
+        .arg(main_path.display().to_string());
     match ctx.runner.run(&cmd) {
         Ok(r) if r.success() => Ok(r.stdout),
-        Ok(r) => Err(format!("chronyd rejects the config (exit {:?}): {}", r.status, r.stderr)),
+        Ok(r) => {
+            // Name the files the operator knows, not the scratch copies.
+            let said = r
+                .stderr
+                .replace(
+                    &scratch_conf_d.display().to_string(),
+                    &ctx.cfg.conf_d.display().to_string(),
+                )
+                .replace(
+                    &main_path.display().to_string(),
+                    &ctx.cfg.conf.display().to_string(),
+                );
+            Err(format!(
+                "chronyd rejects the config (exit {:?}): {said}",
+                r.status
+            ))
+        }
         Err(e) => Err(format!("cannot validate the config: {e}")),
     }
 }
