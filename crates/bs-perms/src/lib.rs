@@ -107,7 +107,11 @@ impl Selection {
     pub fn stale(&self) -> Vec<PermsChange> {
         match &self.given {
             None => Vec::new(),
-            Some(given) => given.iter().filter(|(_, seen)| !seen).map(|(c, _)| c.clone()).collect(),
+            Some(given) => given
+                .iter()
+                .filter(|(_, seen)| !seen)
+                .map(|(c, _)| c.clone())
+                .collect(),
         }
     }
 }
@@ -172,10 +176,17 @@ impl RunCtx<'_> {
     }
 }
 
-fn list(root: &bs_core::Root, config: &bs_core::config::Config, out: &mut Output) -> Map<String, Value> {
+fn list(
+    root: &bs_core::Root,
+    config: &bs_core::config::Config,
+    out: &mut Output,
+) -> Map<String, Value> {
     for tree in &config.perms.tree {
         let exists = root.join(&tree.path).is_dir();
-        out.emit("tree", &serde_json::json!({"target": tree.path, "exists": exists, "config": tree}));
+        out.emit(
+            "tree",
+            &serde_json::json!({"target": tree.path, "exists": exists, "config": tree}),
+        );
     }
     for name in sudoers::ledger(root).unwrap_or_default() {
         out.emit(

@@ -77,7 +77,11 @@ pub fn tmout_snippet(secs: u32) -> String {
 /// live host the real main config (and so every other drop-in) follows it;
 /// under a sandbox root the drop-in is checked on its own with a minimal
 /// main config and a throwaway host key.
-fn sshd_check(ctx: &RunCtx<'_>, log: &mut Vec<Ran>, contents: &[u8]) -> Result<(), (&'static str, String)> {
+fn sshd_check(
+    ctx: &RunCtx<'_>,
+    log: &mut Vec<Ran>,
+    contents: &[u8],
+) -> Result<(), (&'static str, String)> {
     let scratch = Scratch::new().map_err(|e| ("io", e))?;
     let dropin = scratch.path.join("dropin.conf");
     std::fs::write(&dropin, contents).map_err(|e| ("io", e.to_string()))?;
@@ -88,7 +92,11 @@ fn sshd_check(ctx: &RunCtx<'_>, log: &mut Vec<Ran>, contents: &[u8]) -> Result<(
         let key = scratch.path.join("host_key");
         let ran = ctx
             .runner
-            .run(&Cmd::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(key.to_string_lossy()))
+            .run(
+                &Cmd::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                    .arg(key.to_string_lossy()),
+            )
             .map_err(|e| ("sshd_validate", e.to_string()))?;
         if !ran.success() {
             return Err(("sshd_validate", format!("ssh-keygen: {}", ran.stderr)));
@@ -99,7 +107,11 @@ fn sshd_check(ctx: &RunCtx<'_>, log: &mut Vec<Ran>, contents: &[u8]) -> Result<(
     std::fs::write(&main_path, main).map_err(|e| ("io", e.to_string()))?;
     let ran = ctx
         .runner
-        .run(&Cmd::new("sshd").args(["-t", "-f"]).arg(main_path.to_string_lossy()))
+        .run(
+            &Cmd::new("sshd")
+                .args(["-t", "-f"])
+                .arg(main_path.to_string_lossy()),
+        )
         .map_err(|e| ("sshd_validate", e.to_string()))?;
     let ok = ran.success();
     let stderr = ran.stderr.trim().to_string();
@@ -115,7 +127,9 @@ fn sshd_check(ctx: &RunCtx<'_>, log: &mut Vec<Ran>, contents: &[u8]) -> Result<(
 fn reload_sshd(ctx: &RunCtx<'_>, out: &mut Output) {
     let pid_file = ctx.root.join("/run/sshd.pid");
     let cmd = match std::fs::read_to_string(&pid_file) {
-        Ok(pid) if pid.trim().parse::<u32>().is_ok() => Cmd::new("kill").args(["-HUP", pid.trim()]).host(),
+        Ok(pid) if pid.trim().parse::<u32>().is_ok() => {
+            Cmd::new("kill").args(["-HUP", pid.trim()]).host()
+        }
         _ => Cmd::new("systemctl").args(["reload", "ssh"]).host(),
     };
     match ctx.runner.run(&cmd) {
@@ -123,7 +137,11 @@ fn reload_sshd(ctx: &RunCtx<'_>, out: &mut Output) {
             let ok = ran.success() || ran.skipped;
             out.emit("command", &ran);
             if !ok {
-                out.error("sshd_reload", "sshd", &format!("{}: {}", ran.argv.join(" "), ran.stderr));
+                out.error(
+                    "sshd_reload",
+                    "sshd",
+                    &format!("{}: {}", ran.argv.join(" "), ran.stderr),
+                );
             }
         }
         Err(e) => out.error(e.kind(), "sshd", &e.to_string()),
@@ -156,7 +174,9 @@ pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {
         kind: "sshd_dropin",
     };
     let mut log = Vec::new();
-    let outcome = files::converge(ctx, out, sel, &dropin, &mut |b| sshd_check(ctx, &mut log, b));
+    let outcome = files::converge(ctx, out, sel, &dropin, &mut |b| {
+        sshd_check(ctx, &mut log, b)
+    });
     for ran in &log {
         out.emit("command", ran);
     }
@@ -171,7 +191,11 @@ pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {
             let (text, spec) = match &existing {
                 Some((bytes, st)) => (
                     String::from_utf8_lossy(bytes).into_owned(),
-                    FileSpec { mode: st.st_mode & 0o7777, uid: st.st_uid, gid: st.st_gid },
+                    FileSpec {
+                        mode: st.st_mode & 0o7777,
+                        uid: st.st_uid,
+                        gid: st.st_gid,
+                    },
                 ),
                 None => (String::new(), FileSpec::root(0o644)),
             };

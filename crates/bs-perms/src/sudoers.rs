@@ -103,7 +103,12 @@ pub fn desired(ctx: &RunCtx<'_>) -> Vec<(String, String)> {
     if let Some(text) = render_defaults(&perms.sudo, backend) {
         files.push(("bs-defaults".to_string(), text));
     }
-    for rule in perms.sudoers.iter().cloned().chain(service_rule(&perms.sudo)) {
+    for rule in perms
+        .sudoers
+        .iter()
+        .cloned()
+        .chain(service_rule(&perms.sudo))
+    {
         files.push((rule.name.clone(), render_rule(&rule, backend)));
     }
     files
@@ -115,11 +120,20 @@ pub fn ledger(root: &Root) -> Result<BTreeSet<String>, CoreError> {
     match files::read_existing(&path, 1024 * 1024)? {
         None => Ok(BTreeSet::new()),
         Some((bytes, _)) => {
-            let value: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| CoreError::Unsafe { path: path.clone(), reason: format!("not a ledger: {e}") })?;
+            let value: serde_json::Value =
+                serde_json::from_slice(&bytes).map_err(|e| CoreError::Unsafe {
+                    path: path.clone(),
+                    reason: format!("not a ledger: {e}"),
+                })?;
             Ok(value["files"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|v| v.as_str()).filter(|n| bs_core::config::valid_sudoers_name(n)).map(String::from).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str())
+                        .filter(|n| bs_core::config::valid_sudoers_name(n))
+                        .map(String::from)
+                        .collect()
+                })
                 .unwrap_or_default())
         }
     }
@@ -136,13 +150,21 @@ fn save_ledger(root: &Root, names: &BTreeSet<String>) -> Result<(), CoreError> {
 }
 
 /// `visudo -cf` on the exact bytes, in a private scratch directory.
-fn visudo_check(ctx: &RunCtx<'_>, log: &mut Vec<Ran>, contents: &[u8]) -> Result<(), (&'static str, String)> {
+fn visudo_check(
+    ctx: &RunCtx<'_>,
+    log: &mut Vec<Ran>,
+    contents: &[u8],
+) -> Result<(), (&'static str, String)> {
     let scratch = Scratch::new().map_err(|e| ("io", e))?;
     let file = scratch.path.join("rule");
     std::fs::write(&file, contents).map_err(|e| ("io", format!("{}: {e}", file.display())))?;
     let ran = ctx
         .runner
-        .run(&Cmd::new("visudo").args(["-c", "-f"]).arg(file.to_string_lossy()))
+        .run(
+            &Cmd::new("visudo")
+                .args(["-c", "-f"])
+                .arg(file.to_string_lossy()),
+        )
         .map_err(|e| ("visudo", e.to_string()))?;
     let ok = ran.success();
     let stderr = ran.stderr.trim().to_string();
@@ -150,7 +172,10 @@ fn visudo_check(ctx: &RunCtx<'_>, log: &mut Vec<Ran>, contents: &[u8]) -> Result
     if ok {
         Ok(())
     } else {
-        Err(("visudo_rejected", format!("visudo -cf refused it: {stderr}")))
+        Err((
+            "visudo_rejected",
+            format!("visudo -cf refused it: {stderr}"),
+        ))
     }
 }
 
@@ -172,7 +197,9 @@ pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {
             kind: "sudoers",
         };
         let mut log = Vec::new();
-        let outcome = files::converge(ctx, out, sel, &file, &mut |bytes| visudo_check(ctx, &mut log, bytes));
+        let outcome = files::converge(ctx, out, sel, &file, &mut |bytes| {
+            visudo_check(ctx, &mut log, bytes)
+        });
         for ran in &log {
             out.emit("command", ran);
         }
@@ -188,7 +215,9 @@ pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {
         if std::fs::symlink_metadata(&host).is_err() {
             continue;
         }
-        let change = PermsChange::Remove { target: target.clone() };
+        let change = PermsChange::Remove {
+            target: target.clone(),
+        };
         if ctx.applying() {
             if !sel.allows(&change) {
                 installed.insert(name.clone());
@@ -200,7 +229,11 @@ pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {
                 continue;
             }
         }
-        out.item("file", true, &json!({"action": "remove", "target": target, "kind": "sudoers"}));
+        out.item(
+            "file",
+            true,
+            &json!({"action": "remove", "target": target, "kind": "sudoers"}),
+        );
     }
     if ctx.applying() && installed != old {
         if let Err(e) = save_ledger(ctx.root, &installed) {

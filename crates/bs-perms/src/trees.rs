@@ -37,11 +37,17 @@ impl Names {
     }
 
     pub fn user(&self, uid: u32) -> String {
-        self.users.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
+        self.users
+            .get(&uid)
+            .cloned()
+            .unwrap_or_else(|| uid.to_string())
     }
 
     pub fn group(&self, gid: u32) -> String {
-        self.groups.get(&gid).cloned().unwrap_or_else(|| gid.to_string())
+        self.groups
+            .get(&gid)
+            .cloned()
+            .unwrap_or_else(|| gid.to_string())
     }
 
     fn entry_name(&self, tag: Tag, id: u32) -> String {
@@ -55,28 +61,52 @@ impl Names {
 /// Resolve a tree's config against the account files of the root.
 pub fn resolve(tree: &TreeConfig, db: &AccountDb) -> Result<Policy, String> {
     let uid = match &tree.owner {
-        Some(n) => Some(db.user(n).map(|u| u.uid).ok_or_else(|| format!("owner {n:?} does not exist"))?),
+        Some(n) => Some(
+            db.user(n)
+                .map(|u| u.uid)
+                .ok_or_else(|| format!("owner {n:?} does not exist"))?,
+        ),
         None => None,
     };
     let gid = match &tree.group {
-        Some(n) => Some(db.group(n).map(|g| g.gid).ok_or_else(|| format!("group {n:?} does not exist"))?),
+        Some(n) => Some(
+            db.group(n)
+                .map(|g| g.gid)
+                .ok_or_else(|| format!("group {n:?} does not exist"))?,
+        ),
         None => None,
     };
     let named = |list: &Option<Vec<String>>| -> Result<Option<Vec<NamedSpec>>, String> {
         let Some(list) = list else { return Ok(None) };
         let mut out: Vec<NamedSpec> = Vec::new();
         for entry in list {
-            let (is_user, name, perms) = split_acl_entry(entry).ok_or_else(|| format!("{entry:?}: bad ACL entry"))?;
+            let (is_user, name, perms) =
+                split_acl_entry(entry).ok_or_else(|| format!("{entry:?}: bad ACL entry"))?;
             let (tag, id) = if is_user {
-                (Tag::User, db.user(name).map(|u| u.uid).ok_or_else(|| format!("ACL entry {entry:?}: user {name:?} does not exist"))?)
+                (
+                    Tag::User,
+                    db.user(name).map(|u| u.uid).ok_or_else(|| {
+                        format!("ACL entry {entry:?}: user {name:?} does not exist")
+                    })?,
+                )
             } else {
-                (Tag::Group, db.group(name).map(|g| g.gid).ok_or_else(|| format!("ACL entry {entry:?}: group {name:?} does not exist"))?)
+                (
+                    Tag::Group,
+                    db.group(name).map(|g| g.gid).ok_or_else(|| {
+                        format!("ACL entry {entry:?}: group {name:?} does not exist")
+                    })?,
+                )
             };
             let (perm, cond_x) = NamedSpec::perms_from_text(perms);
             if out.iter().any(|s| s.tag == tag && s.id == id) {
                 return Err(format!("ACL entry {entry:?}: {name} is named twice"));
             }
-            out.push(NamedSpec { tag, id, perm, cond_x });
+            out.push(NamedSpec {
+                tag,
+                id,
+                perm,
+                cond_x,
+            });
         }
         Ok(Some(out))
     };
@@ -94,7 +124,11 @@ pub fn resolve(tree: &TreeConfig, db: &AccountDb) -> Result<Policy, String> {
 fn threads(ctx: &RunCtx<'_>) -> usize {
     ctx.walk
         .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
         .clamp(1, 8)
 }
 
@@ -108,7 +142,12 @@ fn raise_fd_limit() {
     }
 }
 
-pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection, extra: &mut Map<String, Value>) {
+pub fn run(
+    ctx: &RunCtx<'_>,
+    out: &mut Output,
+    sel: &mut Selection,
+    extra: &mut Map<String, Value>,
+) {
     if ctx.config.perms.tree.is_empty() {
         return;
     }
@@ -146,10 +185,17 @@ pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection, extra: &mut 
 
 /// Make sure the tree's top and its subdirectories exist (apply) or say
 /// they are missing (plan/check). Returns the top's parent, open.
-fn prepare(ctx: &RunCtx<'_>, out: &mut Output, tree: &TreeConfig, policy: &Policy) -> Result<Option<DirFd>, CoreError> {
+fn prepare(
+    ctx: &RunCtx<'_>,
+    out: &mut Output,
+    tree: &TreeConfig,
+    policy: &Policy,
+) -> Result<Option<DirFd>, CoreError> {
     let host = ctx.root.join(&tree.path);
     let (parent, name) = safefs::split(&host)?;
-    let rel_parent = parent.strip_prefix(ctx.root.path()).unwrap_or(Path::new(""));
+    let rel_parent = parent
+        .strip_prefix(ctx.root.path())
+        .unwrap_or(Path::new(""));
     let root_dir = DirFd::open(ctx.root.path())?;
     let create_mode = rustix::fs::Mode::from_raw_mode(0o700);
     let record_create = |out: &mut Output, path: &Path| {
@@ -200,13 +246,23 @@ fn mkdir(dir: &DirFd, name: &std::ffi::OsStr, mode: rustix::fs::Mode) -> Result<
 }
 
 /// Walk one tree; returns (entries, differing, symlinks).
-fn one_tree(ctx: &RunCtx<'_>, out: &mut Output, tree: &TreeConfig, policy: &Policy, names: &Names) -> [u64; 3] {
+fn one_tree(
+    ctx: &RunCtx<'_>,
+    out: &mut Output,
+    tree: &TreeConfig,
+    policy: &Policy,
+    names: &Names,
+) -> [u64; 3] {
     let target = tree.path.display().to_string();
     let started = Instant::now();
     let parent = match prepare(ctx, out, tree, policy) {
         Ok(Some(p)) => p,
         Ok(None) => {
-            out.item("tree", true, &json!({"action": "walk", "target": target, "exists": false}));
+            out.item(
+                "tree",
+                true,
+                &json!({"action": "walk", "target": target, "exists": false}),
+            );
             return [0; 3];
         }
         Err(e) => {
@@ -222,7 +278,10 @@ fn one_tree(ctx: &RunCtx<'_>, out: &mut Output, tree: &TreeConfig, policy: &Poli
         }
     };
     let host = ctx.root.join(&tree.path);
-    let name = host.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let name = host
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let stats = Stats::default();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Event>(1024);
     let fix = ctx.applying();
@@ -233,7 +292,11 @@ fn one_tree(ctx: &RunCtx<'_>, out: &mut Output, tree: &TreeConfig, policy: &Poli
         let stats = &stats;
         let host = &host;
         s.spawn(move || {
-            let opts = walk::Options { fix, report_paths, threads: threads(ctx) };
+            let opts = walk::Options {
+                fix,
+                report_paths,
+                threads: threads(ctx),
+            };
             walk::walk(Arc::new(parent_fd), &name, host, policy, opts, stats, tx);
         });
         let mut last = Instant::now();
@@ -280,10 +343,18 @@ fn one_tree(ctx: &RunCtx<'_>, out: &mut Output, tree: &TreeConfig, policy: &Poli
     });
     // With --summary the path errors were counted, not printed: one record.
     if !report_paths && failed_paths > 0 {
-        out.error("paths_failed", &target, &format!("{failed_paths} paths could not be checked or fixed"));
+        out.error(
+            "paths_failed",
+            &target,
+            &format!("{failed_paths} paths could not be checked or fixed"),
+        );
     }
     out.item("tree", differing > 0, &body);
-    [Stats::get(&stats.dirs) + Stats::get(&stats.files), differing, Stats::get(&stats.symlinks)]
+    [
+        Stats::get(&stats.dirs) + Stats::get(&stats.files),
+        differing,
+        Stats::get(&stats.symlinks),
+    ]
 }
 
 fn state_json(names: &Names, s: &State, acl_relevant: bool, default_relevant: bool) -> Value {
@@ -337,7 +408,10 @@ fn want_json(names: &Names, w: &Want) -> Value {
         v.insert("effective".into(), Value::from(effective(acl, names)));
     }
     if let Some(d) = &w.default {
-        let entries = d.as_ref().map(|d| d.to_text_entries(&name_of)).unwrap_or_default();
+        let entries = d
+            .as_ref()
+            .map(|d| d.to_text_entries(&name_of))
+            .unwrap_or_default();
         v.insert("default_acl".into(), Value::from(entries));
     }
     Value::Object(v)
@@ -346,13 +420,27 @@ fn want_json(names: &Names, w: &Want) -> Value {
 fn write_event(ctx: &RunCtx<'_>, out: &mut Output, tree: &TreeConfig, names: &Names, event: Event) {
     let shown = |p: &PathBuf| ctx.root.display_path(p);
     match event {
-        Event::Differs { path, kind, differs, have, want, fixed } => {
-            let change = PermsChange::Fix { target: shown(&path) };
+        Event::Differs {
+            path,
+            kind,
+            differs,
+            have,
+            want,
+            fixed,
+        } => {
+            let change = PermsChange::Fix {
+                target: shown(&path),
+            };
             let mut body = serde_json::to_value(&change).unwrap_or_default();
             body["tree"] = json!(tree.path);
             body["kind"] = json!(kind.as_str());
             body["differs"] = json!(differs.names());
-            body["have"] = state_json(names, &have, want.access.is_some(), kind == EntryKind::Dir && want.default.is_some());
+            body["have"] = state_json(
+                names,
+                &have,
+                want.access.is_some(),
+                kind == EntryKind::Dir && want.default.is_some(),
+            );
             body["want"] = want_json(names, &want);
             body["fixed"] = json!(fixed);
             body["changed"] = json!(true);
@@ -363,8 +451,15 @@ fn write_event(ctx: &RunCtx<'_>, out: &mut Output, tree: &TreeConfig, names: &Na
             out.emit("path", &json!({"action": "create", "target": shown(&path), "tree": tree.path, "changed": true}));
         }
         Event::Skipped { path, reason } => {
-            out.emit("skipped", &json!({"target": shown(&path), "tree": tree.path, "reason": reason}));
+            out.emit(
+                "skipped",
+                &json!({"target": shown(&path), "tree": tree.path, "reason": reason}),
+            );
         }
-        Event::Error { path, kind, message } => out.error(kind, &shown(&path), &message),
+        Event::Error {
+            path,
+            kind,
+            message,
+        } => out.error(kind, &shown(&path), &message),
     }
 }

@@ -109,7 +109,11 @@ pub fn evaluate(policy: &Policy, is_dir: bool, have: &State) -> (Want, Differs) 
         gid: policy.gid,
         ..Want::default()
     };
-    let configured = if is_dir { policy.dir_mode } else { policy.file_mode };
+    let configured = if is_dir {
+        policy.dir_mode
+    } else {
+        policy.file_mode
+    };
     let mut base = configured.unwrap_or(have.mode);
     if is_dir {
         match policy.setgid {
@@ -122,10 +126,18 @@ pub fn evaluate(policy: &Policy, is_dir: bool, have: &State) -> (Want, Differs) 
     // Base entries: from the configured mode, else from what is there now
     // (group:: lives in the ACL when there is a mask, not in the mode).
     let (u, g, o) = if configured.is_some() {
-        (((base >> 6) & 7) as u16, ((base >> 3) & 7) as u16, (base & 7) as u16)
+        (
+            ((base >> 6) & 7) as u16,
+            ((base >> 3) & 7) as u16,
+            (base & 7) as u16,
+        )
     } else {
         let get = |t| have.access.get(t).unwrap_or(0);
-        (get(crate::acl::Tag::UserObj), get(crate::acl::Tag::GroupObj), get(crate::acl::Tag::Other))
+        (
+            get(crate::acl::Tag::UserObj),
+            get(crate::acl::Tag::GroupObj),
+            get(crate::acl::Tag::Other),
+        )
     };
     if let Some(specs) = &policy.acl {
         let named: Vec<_> = specs.iter().map(|s| s.resolve(is_dir, base)).collect();
@@ -149,8 +161,14 @@ pub fn evaluate(policy: &Policy, is_dir: bool, have: &State) -> (Want, Differs) 
         owner: want.uid.is_some_and(|w| w != have.uid),
         group: want.gid.is_some_and(|w| w != have.gid),
         mode: want.mode.is_some_and(|w| w != have.mode),
-        acl: want.access.as_ref().is_some_and(|w| strip_mask(w) != strip_mask(&have.access)),
-        mask: want.access.as_ref().is_some_and(|w| w.mask() != have.access.mask()),
+        acl: want
+            .access
+            .as_ref()
+            .is_some_and(|w| strip_mask(w) != strip_mask(&have.access)),
+        mask: want
+            .access
+            .as_ref()
+            .is_some_and(|w| w.mask() != have.access.mask()),
         default_acl: want.default.as_ref().is_some_and(|w| *w != have.default),
     };
     (want, differs)
@@ -187,7 +205,11 @@ pub enum Event {
     Created { path: PathBuf },
     /// Left alone on purpose: `symlink`, `other_file_system`, `special_file`.
     Skipped { path: PathBuf, reason: &'static str },
-    Error { path: PathBuf, kind: &'static str, message: String },
+    Error {
+        path: PathBuf,
+        kind: &'static str,
+        message: String,
+    },
 }
 
 /// Counters of one walk.
@@ -260,7 +282,11 @@ pub fn walk(
     stats: &Stats,
     events: SyncSender<Event>,
 ) {
-    let Options { fix, report_paths, threads } = opts;
+    let Options {
+        fix,
+        report_paths,
+        threads,
+    } = opts;
     let Ok(cname) = CString::new(name.as_bytes()) else {
         return;
     };
@@ -377,7 +403,12 @@ fn dir_job(ctx: &Ctx<'_>, job: Job, dirbuf: &mut [MaybeUninit<u8>], pathbuf: &mu
     let fd = match rustix::fs::openat(&*job.parent, &*job.name, DIR_OPEN, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::LOOP | Errno::NOTDIR) => {
-            return error(ctx, job.path, "raced", "replaced by a symlink or file while walking: left alone");
+            return error(
+                ctx,
+                job.path,
+                "raced",
+                "replaced by a symlink or file while walking: left alone",
+            );
         }
         Err(Errno::NOENT) => return,
         Err(e) => return error(ctx, job.path, "io", std::io::Error::from(e)),
@@ -388,7 +419,12 @@ fn dir_job(ctx: &Ctx<'_>, job: Job, dirbuf: &mut [MaybeUninit<u8>], pathbuf: &mu
         Err(e) => return error(ctx, job.path, "io", std::io::Error::from(e)),
     };
     if st.st_ino != job.ino || st.st_dev != ctx.dev {
-        return error(ctx, job.path, "raced", "not the directory that was listed: left alone");
+        return error(
+            ctx,
+            job.path,
+            "raced",
+            "not the directory that was listed: left alone",
+        );
     }
     bump(&ctx.stats.dirs);
     check_dir(ctx, &fd, &st, &job.path);
@@ -456,18 +492,25 @@ fn dir_job(ctx: &Ctx<'_>, job: Job, dirbuf: &mut [MaybeUninit<u8>], pathbuf: &mu
 
 /// Read an ACL xattr through an fd; `None` when there is none.
 fn read_acl_fd(fd: BorrowedFd<'_>, xattr: &str) -> Result<Option<Acl>, String> {
+    read_acl_with(|buf| rustix::fs::fgetxattr(fd, xattr, buf))
+}
+
+/// Decode what `get` (an fgetxattr or lgetxattr into the buffer) answers;
+/// `None` when there is no such xattr.
+fn read_acl_with(get: impl Fn(&mut [u8]) -> Result<usize, Errno>) -> Result<Option<Acl>, String> {
     let mut buf = [0u8; 512];
-    match rustix::fs::fgetxattr(fd, xattr, &mut buf[..]) {
-        Ok(n) => Acl::decode(&buf[..n]).map(Some).map_err(|e| e.to_string()),
-        Err(Errno::NODATA) => Ok(None),
+    let n = match get(&mut buf[..]) {
+        Ok(n) => n,
+        Err(Errno::NODATA) => return Ok(None),
         Err(Errno::RANGE) => {
             let mut big = vec![0u8; 64 * 1024];
-            let n = rustix::fs::fgetxattr(fd, xattr, &mut big[..]).map_err(|e| e.to_string())?;
-            Acl::decode(&big[..n]).map(Some).map_err(|e| e.to_string())
+            let n = get(&mut big[..]).map_err(|e| std::io::Error::from(e).to_string())?;
+            return Acl::decode(&big[..n]).map(Some).map_err(|e| e.to_string());
         }
-        Err(Errno::OPNOTSUPP) => Err("the file system does not support POSIX ACLs".into()),
-        Err(e) => Err(std::io::Error::from(e).to_string()),
-    }
+        Err(Errno::OPNOTSUPP) => return Err("the file system does not support POSIX ACLs".into()),
+        Err(e) => return Err(std::io::Error::from(e).to_string()),
+    };
+    Acl::decode(&buf[..n]).map(Some).map_err(|e| e.to_string())
 }
 
 /// Read the access ACL of the entry `/proc/self/fd/<dirfd>/<name>`.
@@ -489,18 +532,7 @@ fn read_acl_at(path: &[u8], xattr: &str) -> Result<Option<Acl>, String> {
     let Ok(cpath) = CStr::from_bytes_with_nul(path) else {
         return Err("bad file name".into());
     };
-    let mut buf = [0u8; 512];
-    match rustix::fs::lgetxattr(cpath, xattr, &mut buf[..]) {
-        Ok(n) => Acl::decode(&buf[..n]).map(Some).map_err(|e| e.to_string()),
-        Err(Errno::NODATA) => Ok(None),
-        Err(Errno::RANGE) => {
-            let mut big = vec![0u8; 64 * 1024];
-            let n = rustix::fs::lgetxattr(cpath, xattr, &mut big[..]).map_err(|e| e.to_string())?;
-            Acl::decode(&big[..n]).map(Some).map_err(|e| e.to_string())
-        }
-        Err(Errno::OPNOTSUPP) => Err("the file system does not support POSIX ACLs".into()),
-        Err(e) => Err(std::io::Error::from(e).to_string()),
-    }
+    read_acl_with(|buf| rustix::fs::lgetxattr(cpath, xattr, buf))
 }
 
 fn state_of(st: &Stat, access: Option<Acl>, default: Option<Acl>) -> State {
@@ -547,7 +579,15 @@ fn check_dir(ctx: &Ctx<'_>, fd: &OwnedFd, st: &Stat, path: &Path) {
     } else {
         false
     };
-    report(ctx, path.to_path_buf(), EntryKind::Dir, differs, have, want, fixed);
+    report(
+        ctx,
+        path.to_path_buf(),
+        EntryKind::Dir,
+        differs,
+        have,
+        want,
+        fixed,
+    );
 }
 
 fn check_file(
@@ -567,7 +607,7 @@ fn check_file(
         None
     };
     let have = state_of(st, access, None);
-    let (_, differs) = evaluate(ctx.policy, false, &have);
+    let (want, differs) = evaluate(ctx.policy, false, &have);
     if !differs.any() {
         return;
     }
@@ -586,26 +626,53 @@ fn check_file(
     }
     bump(&ctx.stats.differing);
     if !ctx.fix {
-        let (want, differs) = evaluate(ctx.policy, false, &have);
-        return report(ctx, child_path(), EntryKind::File, differs, have, want, false);
+        return report(
+            ctx,
+            child_path(),
+            EntryKind::File,
+            differs,
+            have,
+            want,
+            false,
+        );
     }
     // Re-decide from an fd that is verified to be the inode we listed.
     let fd = match rustix::fs::openat(dirfd, name, FILE_OPEN, Mode::empty()) {
         Ok(fd) => fd,
         Err(Errno::NOENT) => return,
-        Err(Errno::LOOP) => return error(ctx, child_path(), "raced", "replaced by a symlink while walking: left alone"),
+        Err(Errno::LOOP) => {
+            return error(
+                ctx,
+                child_path(),
+                "raced",
+                "replaced by a symlink while walking: left alone",
+            )
+        }
         Err(e) => return error(ctx, child_path(), "io", std::io::Error::from(e)),
     };
     let st2 = match rustix::fs::fstat(&fd) {
         Ok(s) => s,
         Err(e) => return error(ctx, child_path(), "io", std::io::Error::from(e)),
     };
-    if st2.st_ino != st.st_ino || st2.st_dev != st.st_dev || st2.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return error(ctx, child_path(), "raced", "not the file that was listed: left alone");
+    if st2.st_ino != st.st_ino
+        || st2.st_dev != st.st_dev
+        || st2.st_mode & libc::S_IFMT != libc::S_IFREG
+    {
+        return error(
+            ctx,
+            child_path(),
+            "raced",
+            "not the file that was listed: left alone",
+        );
     }
     if st2.st_nlink > 1 {
         bump(&ctx.stats.hard_linked);
-        return error(ctx, child_path(), "hard_linked", "gained a hard link while walking: not changed");
+        return error(
+            ctx,
+            child_path(),
+            "hard_linked",
+            "gained a hard link while walking: not changed",
+        );
     }
     let have = match state_fd(ctx, fd.as_fd(), &st2, false) {
         Ok(s) => s,
@@ -616,12 +683,28 @@ fn check_file(
         return;
     }
     match fix(fd.as_fd(), &want, &differs) {
-        Ok(()) => report(ctx, child_path(), EntryKind::File, differs, have, want, true),
+        Ok(()) => report(
+            ctx,
+            child_path(),
+            EntryKind::File,
+            differs,
+            have,
+            want,
+            true,
+        ),
         Err(e) => error(ctx, child_path(), "fix_failed", e),
     }
 }
 
-fn report(ctx: &Ctx<'_>, path: PathBuf, kind: EntryKind, differs: Differs, have: State, want: Want, fixed: bool) {
+fn report(
+    ctx: &Ctx<'_>,
+    path: PathBuf,
+    kind: EntryKind,
+    differs: Differs,
+    have: State,
+    want: Want,
+    fixed: bool,
+) {
     if fixed {
         bump(&ctx.stats.fixed);
     }
@@ -643,7 +726,8 @@ fn report(ctx: &Ctx<'_>, path: PathBuf, kind: EntryKind, differs: Differs, have:
 pub fn fix(fd: BorrowedFd<'_>, want: &Want, differs: &Differs) -> Result<(), String> {
     let io = |e: Errno| std::io::Error::from(e).to_string();
     if differs.owner || differs.group {
-        rustix::fs::fchown(fd, want.uid.map(Uid::from_raw), want.gid.map(Gid::from_raw)).map_err(io)?;
+        rustix::fs::fchown(fd, want.uid.map(Uid::from_raw), want.gid.map(Gid::from_raw))
+            .map_err(io)?;
     }
     if differs.acl || differs.mask {
         if let Some(access) = &want.access {
@@ -653,14 +737,16 @@ pub fn fix(fd: BorrowedFd<'_>, want: &Want, differs: &Differs) -> Result<(), Str
                     Err(e) => return Err(io(e)),
                 }
             } else {
-                rustix::fs::fsetxattr(fd, XATTR_ACCESS, &access.encode(), XattrFlags::empty()).map_err(io)?;
+                rustix::fs::fsetxattr(fd, XATTR_ACCESS, &access.encode(), XattrFlags::empty())
+                    .map_err(io)?;
             }
         }
     }
     if differs.default_acl {
         match &want.default {
             Some(Some(default)) => {
-                rustix::fs::fsetxattr(fd, XATTR_DEFAULT, &default.encode(), XattrFlags::empty()).map_err(io)?
+                rustix::fs::fsetxattr(fd, XATTR_DEFAULT, &default.encode(), XattrFlags::empty())
+                    .map_err(io)?
             }
             Some(None) => match rustix::fs::fremovexattr(fd, XATTR_DEFAULT) {
                 Ok(()) | Err(Errno::NODATA) => {}

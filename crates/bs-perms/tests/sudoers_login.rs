@@ -1,0 +1,202 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! sudoers.d files (visudo before they go live, ledger, removal) and the
+//! sshd / login hardening files, against a sandbox root with the real
+//! visudo and sshd.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+use common::*;
+
+const RULE_OK: &str = r#"
+[[perms.sudoers]]
+name = "bs-developers"
+principal = "%developers"
+run_as = "ALL:ALL"
+commands = ["ALL"]
+allow_wildcards = true
+
+[[perms.sudoers]]
+name = "backup"
+principal = "opensafely"
+run_as = "root"
+nopasswd = true
+commands = ["/usr/bin/rsync -a /srv/high_privacy/ /backup/", "/usr/bin/true"]
+"#;
+
+#[test]
+fn sudoers_files_are_rendered_validated_installed_0440_and_idempotent() {
+    let sb = Sandbox::new(RULE_OK);
+    let apply = sb.run(&["apply"]);
+    assert_eq!(apply.code, 0, "{:?} {}", apply.records, apply.stderr);
+    let backup = sb.p("/etc/sudoers.d/backup");
+    let text = std::fs::read_to_string(&backup).unwrap();
+    assert!(
+        text.contains("opensafely ALL=(root) NOPASSWD: /usr/bin/rsync -a /srv/high_privacy/ /backup/, /usr/bin/true \"\"\n"),
+        "{text}"
+    );
+    let meta = std::fs::metadata(&backup).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.permissions().mode() & 0o7777),
+        (0, 0, 0o440)
+    );
+    let defaults = std::fs::read_to_string(sb.p("/etc/sudoers.d/bs-defaults")).unwrap();
+    assert!(
+        defaults.contains("Defaults use_pty\nDefaults logfile=/var/log/sudo.log\n"),
+        "{defaults}"
+    );
+    let services = std::fs::read_to_string(sb.p("/etc/sudoers.d/bs-services")).unwrap();
+    assert!(services.contains("%opensafely ALL=(root) NOPASSWD: /usr/bin/systemctl start bs-jobs.service, /usr/bin/systemctl stop bs-jobs.service,"), "{services}");
+    assert!(!services.contains('*'));
+    // Every installed file passes visudo as installed.
+    for name in ["backup", "bs-defaults", "bs-developers", "bs-services"] {
+        let ok = std::process::Command::new("visudo")
+            .args(["-c", "-f"])
+            .arg(sb.p(&format!("/etc/sudoers.d/{name}")))
+            .output()
+            .unwrap();
+        assert!(ok.status.success(), "{name}: {ok:?}");
+    }
+    let again = sb.run(&["apply"]);
+    assert_eq!(again.summary()["changed"], 0, "{:?}", again.records);
+    assert_eq!(sb.run(&["check"]).code, 0);
+}
+
+#[test]
+fn a_rule_visudo_rejects_is_not_installed_and_the_old_file_stays() {
+    let sb = Sandbox::new(RULE_OK);
+    assert_eq!(sb.run(&["apply"]).code, 0);
+    let backup = sb.p("/etc/sudoers.d/backup");
+    let old = std::fs::read(&backup).unwrap();
+    // A trailing backslash: our checks let it through, visudo does not.
+    sb.set_local(&RULE_OK.replace("/usr/bin/true", "/usr/bin/echo \\\\"));
+    let apply = sb.run(&["apply"]);
+    assert_eq!(apply.code, 1, "{:?}", apply.records);
+    let errs = apply.errors("visudo_rejected");
+    assert_eq!(errs.len(), 1, "{:?}", apply.records);
+    assert_eq!(errs[0]["target"], "/etc/sudoers.d/backup");
+    assert_eq!(std::fs::read(&backup).unwrap(), old, "the old file stays");
+    let leftovers: Vec<_> = std::fs::read_dir(sb.p("/etc/sudoers.d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        4,
+        "no temp file left in sudoers.d: {leftovers:?}"
+    );
+    // The other rules were still converged, and the failed one stays ours.
+    let ledger = std::fs::read_to_string(sb.p("/var/lib/bs/perms/sudoers.json")).unwrap();
+    assert!(ledger.contains("\"backup\""), "{ledger}");
+}
+
+#[test]
+fn a_file_name_with_a_dot_or_a_wildcard_without_consent_is_a_config_error_and_nothing_changes() {
+    for (bad, key) in [
+        ("name = \"bs.rules\"\nprincipal = \"opensafely\"\nrun_as = \"root\"\ncommands = [\"/usr/bin/true\"]", "name"),
+        ("name = \"rules~\"\nprincipal = \"opensafely\"\nrun_as = \"root\"\ncommands = [\"/usr/bin/true\"]", "name"),
+        ("name = \"wild\"\nprincipal = \"opensafely\"\nrun_as = \"root\"\ncommands = [\"/usr/bin/systemctl restart *\"]", "commands"),
+        ("name = \"all\"\nprincipal = \"opensafely\"\nrun_as = \"root\"\ncommands = [\"ALL\"]", "commands"),
+    ] {
+        let sb = Sandbox::new(&format!("[[perms.sudoers]]\n{bad}\n"));
+        let run = sb.run(&["apply"]);
+        assert_eq!(run.code, 2, "{bad}: {:?}", run.records);
+        let err = &run.records[0];
+        assert_eq!(err["kind"], "config");
+        assert!(err["message"].as_str().unwrap().contains(&format!("perms.sudoers[0].{key}")), "{err}");
+        assert!(!sb.p("/etc/sudoers.d").exists());
+        assert!(!sb.p("/srv").exists(), "nothing changed");
+    }
+}
+
+#[test]
+fn a_rule_dropped_from_the_config_is_removed_and_files_bs_did_not_install_are_kept() {
+    let sb = Sandbox::new(RULE_OK);
+    assert_eq!(sb.run(&["apply"]).code, 0);
+    let foreign = sb.p("/etc/sudoers.d/README");
+    std::fs::write(&foreign, "# someone else's\n").unwrap();
+    sb.set_local(&RULE_OK.replace("name = \"backup\"", "name = \"backup2\""));
+    let apply = sb.run(&["apply"]);
+    assert_eq!(apply.code, 0, "{:?}", apply.records);
+    assert!(!sb.p("/etc/sudoers.d/backup").exists());
+    assert!(sb.p("/etc/sudoers.d/backup2").exists());
+    assert!(foreign.exists());
+    assert!(apply
+        .records
+        .iter()
+        .any(|r| r["action"] == "remove" && r["target"] == "/etc/sudoers.d/backup"));
+    let check = sb.run(&["check"]);
+    assert_eq!(check.code, 0, "{:?}", check.records);
+}
+
+#[test]
+fn login_hardening_files_are_written_and_login_defs_keeps_its_other_lines() {
+    let sb = Sandbox::new("");
+    std::fs::write(
+        sb.p("/etc/login.defs"),
+        "# login.defs\nMAIL_DIR /var/mail\nUMASK\t\t022\nENCRYPT_METHOD SHA512\n",
+    )
+    .unwrap();
+    let apply = sb.run(&["apply"]);
+    assert_eq!(apply.code, 0, "{:?} {}", apply.records, apply.stderr);
+    assert_eq!(
+        std::fs::read_to_string(sb.p("/etc/login.defs")).unwrap(),
+        "# login.defs\nMAIL_DIR /var/mail\nUMASK\t\t027\nENCRYPT_METHOD SHA512\n"
+    );
+    let dropin =
+        std::fs::read_to_string(sb.p("/etc/ssh/sshd_config.d/00-bs-hardening.conf")).unwrap();
+    for line in [
+        "PermitRootLogin no",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "MaxAuthTries 4",
+        "X11Forwarding no",
+        "ClientAliveInterval 300",
+        "MaxStartups 10:30:60",
+        "Banner /etc/issue.net",
+    ] {
+        assert!(dropin.contains(&format!("{line}\n")), "{line}: {dropin}");
+    }
+    assert!(dropin.contains("MACs hmac-sha2-512-etm@openssh.com,"));
+    assert!(!dropin.contains("sha1"));
+    assert_eq!(
+        std::fs::read_to_string(sb.p("/etc/profile.d/bs-timeout.sh"))
+            .unwrap()
+            .lines()
+            .last(),
+        Some("readonly TMOUT=900; export TMOUT")
+    );
+    assert!(std::fs::read_to_string(sb.p("/etc/issue.net"))
+        .unwrap()
+        .contains("authorised use only"));
+    // sshd -t ran on the drop-in; the reload of a sandbox is skipped, never run.
+    let cmds = apply.of_type("command");
+    assert!(
+        cmds.iter()
+            .any(|c| c["argv"][0] == "sshd" && c["status"] == 0),
+        "{cmds:?}"
+    );
+    assert!(cmds
+        .iter()
+        .all(|c| c["argv"][0] != "kill" && c["argv"][0] != "systemctl" || c["skipped"] == true));
+    assert_eq!(sb.run(&["apply"]).summary()["changed"], 0);
+}
+
+#[test]
+fn an_sshd_setting_sshd_rejects_never_goes_live() {
+    let sb = Sandbox::new("");
+    assert_eq!(sb.run(&["apply"]).code, 0);
+    let dropin = sb.p("/etc/ssh/sshd_config.d/00-bs-hardening.conf");
+    let old = std::fs::read(&dropin).unwrap();
+    sb.set_local("[perms.login]\nsshd = [\"PermitRootLogin sometimes\"]\n");
+    let apply = sb.run(&["apply"]);
+    assert_eq!(apply.code, 1);
+    assert_eq!(
+        apply.errors("sshd_rejected").len(),
+        1,
+        "{:?}",
+        apply.records
+    );
+    assert_eq!(std::fs::read(&dropin).unwrap(), old);
+}
