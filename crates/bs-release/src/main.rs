@@ -1,6 +1,5 @@
-//! bs-release: not built yet; see the issue for bs-release.
+//! bs-release: release requests, independent reviews and publication of medium-privacy outputs.
 
 fn main() -> std::process::ExitCode {
-    eprintln!("bs-release: not implemented yet");
-    std::process::ExitCode::from(2)
+    bs_core::cli::main::<bs_release::cli::Cli, bs_release::Error, _>("bs-release", bs_release::run)
 }

@@ -1,0 +1,110 @@
+//! Command-line flags (clap derive). No syscalls here.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Release requests for medium-privacy outputs: independent reviews,
+/// publication to the release server with checksums, an append-only audit log.
+///
+/// People run it through sudo as the service account
+/// (`sudo -u opensafely bs-release ...`); who they are comes from sudo.
+#[derive(Parser, Debug)]
+#[command(name = "bs-release", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: bs_core::cli::Global,
+    /// Act for USER. Only when running as root (tests, administrators); audited.
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub as_user: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// The releasable outputs of a workspace, with size, sha256 and manifest data.
+    Files { workspace: String },
+    /// Create, fill, submit, withdraw, return, approve or reject a request.
+    #[command(subcommand)]
+    Request(RequestCommand),
+    /// Vote on one file of a request: --approve, or --reject with --comment.
+    Review {
+        id: String,
+        path: String,
+        #[arg(long, conflicts_with = "reject", required_unless_present = "reject")]
+        approve: bool,
+        #[arg(long)]
+        reject: bool,
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
+    /// Upload an approved request to the release server (resumes a failed publish).
+    Publish { id: String },
+    /// List requests.
+    Ls {
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+    },
+    /// Show one request: files, findings, reviews, history.
+    Show { id: String },
+    /// The audit log, optionally from a time on (UTC, `YYYY-MM-DD[THH[:MM[:SS]]]`).
+    Audit {
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
+    /// Disclosure checks on workspace outputs (paths under the medium-privacy workspaces).
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Copy released files one way to DIR/<workspace>/<path> (TPP's level-4 share).
+    #[command(name = "sync-level4")]
+    SyncLevel4 {
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Also remove files under DIR/<workspace>/ that are not released files.
+        #[arg(long)]
+        delete: bool,
+    },
+    /// What `apply` would do: the state directories and the sudo host file.
+    Plan,
+    /// Create the request store, the audit directory and /etc/bs/release.toml (root only).
+    Apply,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RequestCommand {
+    /// Start a request for a workspace's outputs.
+    Create { workspace: String },
+    /// Copy outputs (paths relative to the workspace) into the request.
+    Add {
+        id: String,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Take files out of a pending or returned request.
+    Remove {
+        id: String,
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Hand the request to the output checkers.
+    Submit { id: String },
+    /// Withdraw your own request.
+    Withdraw { id: String },
+    /// Send the request back to its author for changes.
+    Return {
+        id: String,
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
+    /// Approve a reviewed request whose files all have enough approvals.
+    Approve { id: String },
+    /// Reject a reviewed request (a comment is required).
+    Reject {
+        id: String,
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
+}

@@ -1,0 +1,795 @@
+//! The commands people run: each establishes the caller, checks roles and
+//! state, does its work, writes the audit log and prints records.
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use bs_core::accounts::AccountDb;
+use bs_core::config::Config;
+use bs_core::{Output, Root};
+use serde_json::{json, Map, Value};
+
+use crate::audit::{self, Audit, Entry};
+use crate::checks::{self, Finding};
+use crate::cli::{Cli, Command, RequestCommand};
+use crate::error::{Error, Result};
+use crate::hash;
+use crate::identity::{self, Caller, SudoEnv};
+use crate::manifest::Manifest;
+use crate::request::{FileEntry, Request, State, Vote};
+use crate::store::{self, Store};
+use crate::timefmt;
+
+pub(crate) struct Ctx<'a> {
+    pub root: Root,
+    pub config: Config,
+    pub store: Store,
+    pub audit: Audit,
+    pub caller: Caller,
+    pub out: &'a mut Output,
+}
+
+pub(crate) fn run(
+    cli: Cli,
+    root: Root,
+    config: Config,
+    ruid: u32,
+    out: &mut Output,
+) -> Result<Map<String, Value>> {
+    let store = Store::open(&root, &config, Duration::from_secs(cli.global.lock_timeout))?;
+    let audit = Audit::open(&root, &config)?;
+    let sudo = SudoEnv::from_env();
+    let caller = match (&cli.command, &sudo.user, &cli.as_user) {
+        // The level-4 push is a system job: root or the service account's own cron.
+        (Command::SyncLevel4 { .. }, None, None) => Caller {
+            user: if ruid == 0 {
+                "root".into()
+            } else {
+                config.service_account.name.clone()
+            },
+            groups: Vec::new(),
+            via: "system",
+            author: false,
+            checker: true,
+        },
+        _ => {
+            let db = AccountDb::load(&root)?;
+            identity::resolve(&db, &config.release, ruid, cli.as_user.as_deref(), &sudo)?
+        }
+    };
+    let mut ctx = Ctx {
+        root,
+        config,
+        store,
+        audit,
+        caller,
+        out,
+    };
+    let result = ctx.dispatch(cli.command);
+    if let Err(e @ (Error::Denied(_) | Error::WrongState { .. } | Error::Changed { .. })) = &result
+    {
+        // Refusals are part of the record too: a self-review attempt is worth knowing about.
+        let entry = ctx.entry("refused", None, None, None, json!({"error": e.to_string()}));
+        let _ = ctx.audit.append(&[entry]);
+    }
+    result
+}
+
+fn summary(pairs: &[(&str, Value)]) -> Map<String, Value> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+impl Ctx<'_> {
+    fn dispatch(&mut self, command: Command) -> Result<Map<String, Value>> {
+        match command {
+            Command::Files { workspace } => self.files(&workspace),
+            Command::Request(rc) => match rc {
+                RequestCommand::Create { workspace } => self.create(&workspace),
+                RequestCommand::Add { id, paths } => self.add(&id, &paths),
+                RequestCommand::Remove { id, paths } => self.remove(&id, &paths),
+                RequestCommand::Submit { id } => self.change(&id, "submit", None),
+                RequestCommand::Withdraw { id } => self.change(&id, "withdraw", None),
+                RequestCommand::Return { id, comment } => {
+                    self.change(&id, "return", comment.as_deref())
+                }
+                RequestCommand::Approve { id } => self.change(&id, "approve", None),
+                RequestCommand::Reject { id, comment } => {
+                    self.change(&id, "reject", comment.as_deref())
+                }
+            },
+            Command::Review {
+                id,
+                path,
+                approve,
+                reject: _,
+                comment,
+            } => self.review(
+                &id,
+                &path,
+                if approve { Vote::Approve } else { Vote::Reject },
+                comment.as_deref(),
+            ),
+            Command::Publish { id } => crate::publish::publish(self, &id),
+            Command::Ls { state } => self.ls(state.as_deref()),
+            Command::Show { id } => self.show(&id),
+            Command::Audit { since } => self.audit_log(since.as_deref()),
+            Command::Check { paths } => self.check(&paths),
+            Command::SyncLevel4 { to, delete } => crate::sync::sync(self, &to, delete),
+            Command::Plan | Command::Apply => Err(Error::Usage("handled before".into())),
+        }
+    }
+
+    pub(crate) fn entry(
+        &self,
+        action: &str,
+        request: Option<&str>,
+        file: Option<&str>,
+        sha256: Option<&str>,
+        mut detail: Value,
+    ) -> Entry {
+        if self.caller.via != "sudo" {
+            if let Value::Object(m) = &mut detail {
+                m.insert("via".into(), Value::from(self.caller.via));
+            }
+        }
+        Entry {
+            time: timefmt::now(),
+            user: self.caller.user.clone(),
+            action: action.into(),
+            request: request.map(str::to_string),
+            file: file.map(str::to_string),
+            sha256: sha256.map(str::to_string),
+            detail,
+        }
+    }
+
+    pub(crate) fn log(&mut self, entries: &[Entry]) -> Result<()> {
+        self.audit.append(entries)
+    }
+
+    fn require_author_role(&self) -> Result<()> {
+        if self.caller.author {
+            Ok(())
+        } else {
+            Err(Error::Denied(format!(
+                "{} is in none of the author groups ({}): only authors create requests",
+                self.caller.user,
+                self.config.release.author_groups.join(", ")
+            )))
+        }
+    }
+
+    fn require_any_role(&self) -> Result<()> {
+        if self.caller.author || self.caller.checker {
+            Ok(())
+        } else {
+            Err(Error::Denied(format!(
+                "{} has no release role",
+                self.caller.user
+            )))
+        }
+    }
+
+    fn threads(&self) -> Option<rayon::ThreadPool> {
+        hash::pool(self.config.release.hash_threads)
+    }
+
+    // ------------------------------------------------------------------ files
+
+    fn files(&mut self, ws: &str) -> Result<Map<String, Value>> {
+        self.require_any_role()?;
+        let ws_dir = self.store.workspace(ws)?;
+        let manifest = self.store.manifest(&ws_dir)?;
+        let outputs: Vec<(&String, &crate::manifest::OutputMeta)> =
+            manifest.outputs.iter().collect();
+        let pool = self.threads();
+        let max = self.config.release.max_file_bytes;
+        let hashed =
+            hash::par_map(pool.as_ref(), &outputs, |(path, meta)| {
+                if meta.not_releasable().is_some() {
+                    return None;
+                }
+                Some(store::open_file_beneath(&ws_dir, path).and_then(|(f, _)| {
+                    hash::sha256_reader(f).map_err(|e| Error::io(path.as_str(), e))
+                }))
+            });
+        let mut listed = 0u64;
+        for ((path, meta), result) in outputs.iter().zip(hashed) {
+            let Some(result) = result else { continue };
+            match result {
+                Ok((sha, size)) => {
+                    let mut reasons = Vec::new();
+                    if sha != meta.sha256() {
+                        reasons.push("content differs from the job manifest".to_string());
+                    }
+                    if size > max {
+                        reasons.push(format!("over the {max} byte limit"));
+                    }
+                    listed += 1;
+                    self.out.emit(
+                        "file",
+                        &json!({
+                            "workspace": ws, "path": path, "size": size, "sha256": sha,
+                            "matches_manifest": sha == meta.sha256(),
+                            "releasable": reasons.is_empty(),
+                            "reasons": reasons,
+                            "manifest": meta,
+                        }),
+                    );
+                }
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => {
+                    use bs_core::cli::Report;
+                    self.out.error(e.kind(), path, &e.to_string());
+                }
+            }
+        }
+        let e = self.entry(
+            "view_files",
+            None,
+            None,
+            None,
+            json!({"workspace": ws, "files": listed}),
+        );
+        self.log(&[e])?;
+        Ok(summary(&[("files", Value::from(listed))]))
+    }
+
+    // --------------------------------------------------------------- requests
+
+    fn create(&mut self, ws: &str) -> Result<Map<String, Value>> {
+        self.require_author_role()?;
+        store::valid_workspace(ws)?;
+        let ws_dir = self.store.workspace(ws)?;
+        self.store.manifest(&ws_dir)?;
+        let _lock = self.store.lock()?;
+        let req = self.store.create(ws, &self.caller.user, &timefmt::now())?;
+        let e = self.entry(
+            "create",
+            Some(&req.id),
+            None,
+            None,
+            json!({"workspace": ws, "to": "pending"}),
+        );
+        self.log(&[e])?;
+        self.out.item(
+            "request",
+            true,
+            &json!({"action": "create", "target": req.id, "id": req.id, "workspace": ws, "state": req.state}),
+        );
+        Ok(summary(&[("id", Value::from(req.id))]))
+    }
+
+    fn add(&mut self, id: &str, paths: &[String]) -> Result<Map<String, Value>> {
+        let _lock = self.store.lock()?;
+        let mut req = self.store.load(id)?;
+        req.check_edit(&self.caller, "add files to")?;
+        let ws_dir = self.store.workspace(&req.workspace)?;
+        let manifest = self.store.manifest(&ws_dir)?;
+        let files_dir = self.store.files_dir(id)?;
+        // Temp files of a run that was killed: ours, since we hold the lock.
+        for (name, _) in files_dir.entries()? {
+            if bs_core::safefs::is_temp_name(&name) {
+                files_dir.remove_if_exists(&name)?;
+            }
+        }
+        let unique: Vec<(usize, &String)> = {
+            let mut seen = BTreeSet::new();
+            paths
+                .iter()
+                .filter(|p| seen.insert(p.as_str()))
+                .enumerate()
+                .collect()
+        };
+        let pool = self.threads();
+        let cfg = &self.config.release;
+        let store = &self.store;
+        let results = hash::par_map(pool.as_ref(), &unique, |(i, path)| {
+            prepare(store, &ws_dir, &files_dir, &manifest, path, *i, cfg)
+        });
+        self.store.sync()?;
+        let now = timefmt::now();
+        let mut entries = Vec::new();
+        let mut added = Vec::new();
+        for ((_, path), result) in unique.iter().zip(results) {
+            match result {
+                Ok(p) => {
+                    let replaced = req.files.get(path.as_str()).map(|f| f.sha256 != p.sha256);
+                    let mut entry = FileEntry {
+                        sha256: p.sha256.clone(),
+                        size: p.size,
+                        added_by: self.caller.user.clone(),
+                        added_at: now.clone(),
+                        manifest: p.meta,
+                        findings: p.findings,
+                        reviews: Vec::new(),
+                        upload: None,
+                    };
+                    if let Some(old) = req.files.get(path.as_str()) {
+                        // Votes stay for the record; they count only for the content they were for.
+                        entry.reviews = old.reviews.clone();
+                    }
+                    entries.push(self.entry(
+                        "add",
+                        Some(id),
+                        Some(path),
+                        Some(&p.sha256),
+                        json!({"size": p.size, "findings": entry.findings.len(), "replaced": replaced.unwrap_or(false)}),
+                    ));
+                    added.push(json!({
+                        "action": "add", "target": format!("{id}:{path}"), "request": id, "path": path,
+                        "sha256": p.sha256, "size": p.size, "findings": entry.findings,
+                    }));
+                    req.files.insert(path.to_string(), entry);
+                }
+                Err(e) => {
+                    use bs_core::cli::Report;
+                    entries.push(self.entry(
+                        "add_refused",
+                        Some(id),
+                        Some(path),
+                        None,
+                        json!({"error": e.to_string()}),
+                    ));
+                    self.out.error(e.kind(), path, &e.to_string());
+                }
+            }
+        }
+        if !added.is_empty() {
+            req.updated_at = now;
+            self.store.save(&req)?;
+        }
+        self.log(&entries)?;
+        for a in &added {
+            self.out.item("file", true, a);
+        }
+        Ok(summary(&[("added", Value::from(added.len()))]))
+    }
+
+    fn remove(&mut self, id: &str, paths: &[String]) -> Result<Map<String, Value>> {
+        let _lock = self.store.lock()?;
+        let mut req = self.store.load(id)?;
+        req.check_edit(&self.caller, "remove files from")?;
+        for p in paths {
+            if !req.files.contains_key(p) {
+                return Err(Error::NotFound {
+                    what: format!("{p} in request {id}"),
+                });
+            }
+        }
+        let mut entries = Vec::new();
+        for p in paths {
+            if let Some(f) = req.files.remove(p) {
+                entries.push(self.entry("remove", Some(id), Some(p), Some(&f.sha256), json!({})));
+                self.out.item("file", true, &json!({"action": "remove", "target": format!("{id}:{p}"), "request": id, "path": p}));
+            }
+        }
+        req.updated_at = timefmt::now();
+        self.store.save(&req)?;
+        self.log(&entries)?;
+        Ok(Map::new())
+    }
+
+    /// A state change of the whole request.
+    fn change(
+        &mut self,
+        id: &str,
+        action: &str,
+        comment: Option<&str>,
+    ) -> Result<Map<String, Value>> {
+        let _lock = self.store.lock()?;
+        let mut req = self.store.load(id)?;
+        let now = timefmt::now();
+        let needed = self.config.release.reviews_needed;
+        let from = match action {
+            "submit" => req.submit(&self.caller, needed, &now)?,
+            "withdraw" => req.withdraw(&self.caller, &now)?,
+            "return" => req.return_to_author(&self.caller, comment, &now)?,
+            "approve" => req.approve(&self.caller, needed, &now)?,
+            _ => req.reject(&self.caller, comment, &now)?,
+        };
+        if action == "submit" {
+            self.verify_copies(&req)?;
+        }
+        self.store.save(&req)?;
+        let mut entries = vec![self.entry(
+            action,
+            Some(id),
+            None,
+            None,
+            json!({"from": from, "to": req.state}),
+        )];
+        if let Some(c) = comment.map(str::trim).filter(|c| !c.is_empty()) {
+            entries.push(self.entry(
+                "comment",
+                Some(id),
+                None,
+                None,
+                json!({"comment": c, "on": action}),
+            ));
+        }
+        self.log(&entries)?;
+        self.out.item(
+            "request",
+            true,
+            &json!({"action": action, "target": id, "id": id, "from": from, "to": req.state}),
+        );
+        Ok(Map::new())
+    }
+
+    /// Every copy in the request still hashes to what was recorded.
+    fn verify_copies(&self, req: &Request) -> Result<()> {
+        for (path, f) in &req.files {
+            self.verify_copy(req, path, f)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn verify_copy(&self, req: &Request, path: &str, f: &FileEntry) -> Result<Vec<u8>> {
+        let bytes = self
+            .store
+            .read_blob(&req.id, &f.sha256, self.config.release.max_file_bytes)?;
+        let actual = hash::sha256_bytes(&bytes);
+        if actual != f.sha256 {
+            return Err(Error::Changed {
+                path: format!("{}:{path} (the request's copy)", req.id),
+                expected: f.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// The job manifest still records the content that is in the request.
+    pub(crate) fn verify_manifest(
+        &self,
+        req: &Request,
+        manifest: &Manifest,
+        path: &str,
+        f: &FileEntry,
+    ) -> Result<()> {
+        match manifest.outputs.get(path) {
+            Some(meta) if meta.sha256() == f.sha256 && meta.not_releasable().is_none() => Ok(()),
+            Some(meta) => Err(Error::Changed {
+                path: format!(
+                    "{}:{path} (the workspace output was replaced since it was added)",
+                    req.id
+                ),
+                expected: f.sha256.clone(),
+                actual: meta.sha256().to_string(),
+            }),
+            None => Err(Error::Changed {
+                path: format!("{}:{path} (no longer in the job manifest)", req.id),
+                expected: f.sha256.clone(),
+                actual: String::new(),
+            }),
+        }
+    }
+
+    fn review(
+        &mut self,
+        id: &str,
+        path: &str,
+        vote: Vote,
+        comment: Option<&str>,
+    ) -> Result<Map<String, Value>> {
+        let _lock = self.store.lock()?;
+        let req = self.store.load(id)?;
+        let now = timefmt::now();
+        let mut next = req.clone();
+        let from = next.vote(
+            &self.caller,
+            path,
+            vote,
+            comment,
+            self.config.release.reviews_needed,
+            &now,
+        )?;
+        // The vote is for what is in the request, and that must still be the job's output.
+        let f = &req.files[path];
+        self.verify_copy(&req, path, f)?;
+        let ws_dir = self.store.workspace(&req.workspace)?;
+        let manifest = self.store.manifest(&ws_dir)?;
+        self.verify_manifest(&req, &manifest, path, f)?;
+        self.store.save(&next)?;
+        let mut entries = vec![self.entry(
+            "vote",
+            Some(id),
+            Some(path),
+            Some(&f.sha256),
+            json!({"vote": vote, "comment": comment}),
+        )];
+        if let Some(c) = comment.map(str::trim).filter(|c| !c.is_empty()) {
+            entries.push(self.entry(
+                "comment",
+                Some(id),
+                Some(path),
+                Some(&f.sha256),
+                json!({"comment": c, "on": "vote"}),
+            ));
+        }
+        if next.state != from {
+            entries.push(self.entry(
+                "review",
+                Some(id),
+                None,
+                None,
+                json!({"from": from, "to": next.state}),
+            ));
+        }
+        self.log(&entries)?;
+        self.out.item(
+            "review",
+            true,
+            &json!({"action": "review", "target": format!("{id}:{path}"), "request": id, "path": path,
+                    "vote": vote, "from": from, "to": next.state}),
+        );
+        Ok(Map::new())
+    }
+
+    // ------------------------------------------------------------------ views
+
+    fn ls(&mut self, state: Option<&str>) -> Result<Map<String, Value>> {
+        self.require_any_role()?;
+        let wanted = match state {
+            Some(s) => Some(State::parse(s).ok_or_else(|| {
+                Error::Usage(format!(
+                    "--state {s}: one of {}",
+                    crate::request::ALL
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?),
+            None => None,
+        };
+        let mut n = 0u64;
+        for id in self.store.ids()? {
+            let req = match self.store.load(&id) {
+                Ok(r) => r,
+                Err(e) => {
+                    use bs_core::cli::Report;
+                    self.out.error(e.kind(), &id, &e.to_string());
+                    continue;
+                }
+            };
+            if wanted.is_some_and(|w| w != req.state) || req.check_view(&self.caller).is_err() {
+                continue;
+            }
+            n += 1;
+            self.out.emit(
+                "request",
+                &json!({"id": req.id, "workspace": req.workspace, "author": req.author, "state": req.state,
+                        "files": req.files.len(), "created_at": req.created_at, "updated_at": req.updated_at}),
+            );
+        }
+        let e = self.entry(
+            "view_list",
+            None,
+            None,
+            None,
+            json!({"state": state, "requests": n}),
+        );
+        self.log(&[e])?;
+        Ok(summary(&[("requests", Value::from(n))]))
+    }
+
+    fn show(&mut self, id: &str) -> Result<Map<String, Value>> {
+        let req = self.store.load(id)?;
+        req.check_view(&self.caller)?;
+        let mut body = serde_json::to_value(&req).map_err(|e| Error::Usage(e.to_string()))?;
+        if let Some(files) = body.get_mut("files").and_then(Value::as_object_mut) {
+            for (path, f) in files.iter_mut() {
+                if let (Some(obj), Some(entry)) = (f.as_object_mut(), req.files.get(path)) {
+                    let copy = self.store.blob_path(id, &entry.sha256);
+                    obj.insert("copy".into(), Value::from(self.root.display_path(&copy)));
+                    obj.insert(
+                        "independent_reviews".into(),
+                        Value::from(entry.valid_reviews(&req.author).count()),
+                    );
+                }
+            }
+        }
+        self.out.emit("request", &body);
+        let e = self.entry("view", Some(id), None, None, json!({"state": req.state}));
+        self.log(&[e])?;
+        Ok(Map::new())
+    }
+
+    fn audit_log(&mut self, since: Option<&str>) -> Result<Map<String, Value>> {
+        if !self.caller.checker {
+            return Err(Error::Denied(format!(
+                "{} is not an output checker: only output checkers read the audit log",
+                self.caller.user
+            )));
+        }
+        if let Some(s) = since {
+            if !timefmt::valid_since(s) {
+                return Err(Error::Usage(format!(
+                    "--since {s}: give a UTC time like 2026-11-22 or 2026-11-22T06:30"
+                )));
+            }
+        }
+        let since = since.map(|s| s.trim_end_matches('Z').to_string());
+        let mut n = 0u64;
+        for e in audit::read_all(self.audit.path())? {
+            if since.as_deref().is_some_and(|s| e.time.as_str() < s) {
+                continue;
+            }
+            n += 1;
+            self.out.emit("audit", &e);
+        }
+        let e = self.entry(
+            "view_audit",
+            None,
+            None,
+            None,
+            json!({"since": since, "entries": n}),
+        );
+        self.log(&[e])?;
+        Ok(summary(&[("entries", Value::from(n))]))
+    }
+
+    // ----------------------------------------------------------------- checks
+
+    fn check(&mut self, paths: &[PathBuf]) -> Result<Map<String, Value>> {
+        self.require_any_role()?;
+        let base = self.store.medium_path().join(store::WORKSPACES_DIR);
+        let workspaces = self.store.workspaces()?;
+        let cwd = std::env::current_dir().map_err(|e| Error::io(".", e))?;
+        let mut total = 0u64;
+        let mut entries = Vec::new();
+        for p in paths {
+            let abs = if p.is_absolute() {
+                self.root.join(p)
+            } else {
+                lexical(&cwd.join(p))
+            };
+            let result = abs
+                .strip_prefix(&base)
+                .ok()
+                .and_then(|r| r.to_str())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    Error::Usage(format!(
+                        "{}: check looks only at outputs under {}",
+                        p.display(),
+                        self.root.display_path(&base)
+                    ))
+                })
+                .and_then(|rel| {
+                    store::valid_output_path(&rel)?;
+                    let (file, size) = store::open_file_beneath(&workspaces, &rel)?;
+                    let max = self.config.release.max_file_bytes;
+                    let content = if size <= max {
+                        Some(store::read_all(file, size, max, &rel)?)
+                    } else {
+                        None
+                    };
+                    Ok((
+                        rel,
+                        size,
+                        checks::check(
+                            &p.to_string_lossy(),
+                            size,
+                            content.as_deref(),
+                            &self.config.release,
+                        ),
+                    ))
+                });
+            match result {
+                Ok((rel, size, findings)) => {
+                    total += findings.len() as u64;
+                    self.emit_findings(&p.to_string_lossy(), size, &findings);
+                    entries.push(self.entry(
+                        "check",
+                        None,
+                        Some(&rel),
+                        None,
+                        json!({"findings": findings.len()}),
+                    ));
+                }
+                Err(e) => {
+                    use bs_core::cli::Report;
+                    self.out
+                        .error(e.kind(), &p.to_string_lossy(), &e.to_string());
+                }
+            }
+        }
+        self.log(&entries)?;
+        Ok(summary(&[("findings", Value::from(total))]))
+    }
+
+    fn emit_findings(&mut self, path: &str, size: u64, findings: &[Finding]) {
+        for f in findings {
+            let mut v = serde_json::to_value(f).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("path".into(), Value::from(path));
+            }
+            self.out.emit("finding", &v);
+        }
+        self.out.emit(
+            "checked",
+            &json!({"path": path, "size": size, "findings": findings.len()}),
+        );
+    }
+}
+
+/// `..` and `.` resolved without touching the file system.
+fn lexical(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        match c {
+            Component::Normal(x) => out.push(x),
+            Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+pub(crate) struct Prepared {
+    pub sha256: String,
+    pub size: u64,
+    pub meta: crate::manifest::OutputMeta,
+    pub findings: Vec<Finding>,
+}
+
+/// Read one output, check it against the manifest, run the disclosure
+/// checks and put its copy in the request's store.
+fn prepare(
+    store: &Store,
+    ws_dir: &bs_core::safefs::DirFd,
+    files_dir: &bs_core::safefs::DirFd,
+    manifest: &Manifest,
+    path: &str,
+    index: usize,
+    cfg: &bs_core::config::ReleaseConfig,
+) -> Result<Prepared> {
+    store::valid_output_path(path)?;
+    let meta = manifest
+        .outputs
+        .get(path)
+        .ok_or_else(|| Error::NotReleasable {
+            path: path.into(),
+            message: "not in the job manifest: only outputs of a job can be released".into(),
+        })?;
+    if let Some(why) = meta.not_releasable() {
+        return Err(Error::NotReleasable {
+            path: path.into(),
+            message: why,
+        });
+    }
+    let (file, size) = store::open_file_beneath(ws_dir, path)?;
+    if size > cfg.max_file_bytes {
+        return Err(Error::TooLarge {
+            path: path.into(),
+            size,
+            max: cfg.max_file_bytes,
+        });
+    }
+    let bytes = store::read_all(file, size, cfg.max_file_bytes, path)?;
+    let sha256 = hash::sha256_bytes(&bytes);
+    if sha256 != meta.sha256() {
+        return Err(Error::Changed {
+            path: format!("{path} (differs from the job manifest)"),
+            expected: meta.sha256().to_string(),
+            actual: sha256,
+        });
+    }
+    let findings = checks::check(path, bytes.len() as u64, Some(&bytes), cfg);
+    store.put_blob(files_dir, &sha256, index, &bytes)?;
+    Ok(Prepared {
+        sha256,
+        size: bytes.len() as u64,
+        meta: meta.clone(),
+        findings,
+    })
+}
