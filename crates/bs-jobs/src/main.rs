@@ -1,6 +1,3 @@
-//! bs-jobs: not built yet; see the issue for bs-jobs.
-
 fn main() -> std::process::ExitCode {
-    eprintln!("bs-jobs: not implemented yet");
-    std::process::ExitCode::from(2)
+    bs_core::cli::main::<bs_jobs::cli::Cli, bs_jobs::JobsError, _>("bs-jobs", bs_jobs::run)
 }
