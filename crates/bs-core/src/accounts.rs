@@ -260,6 +260,17 @@ struct Table<T> {
 }
 
 impl<T: Record + Clone> Table<T> {
+    /// A table standing for a file that was not read.
+    fn absent(path: PathBuf) -> Table<T> {
+        Table {
+            path,
+            lines: Vec::new(),
+            original: String::new(),
+            spec: FileSpec::root(0o640),
+            present: false,
+        }
+    }
+
     fn load(path: PathBuf, default_spec: FileSpec) -> Result<Table<T>> {
         let (dir, name) = safefs::split(&path)?;
         let read = match safefs::DirFd::open(dir) {
@@ -361,6 +372,8 @@ pub struct AccountDb {
     shadow: Table<ShadowEntry>,
     group: Table<GroupEntry>,
     gshadow: Table<GshadowEntry>,
+    /// Loaded without the shadow files ([`AccountDb::load_public`]): never saved.
+    read_only: bool,
 }
 
 /// A new account: the passwd fields. The shadow entry gets an empty,
@@ -399,6 +412,21 @@ impl AccountDb {
                     gid: shadow_gid,
                 },
             )?,
+            read_only: false,
+        })
+    }
+
+    /// Only passwd and group, the files everyone may read: name, uid and
+    /// membership look-ups for a process that cannot read the shadow files
+    /// (bs-release runs as the service account). Its shadow tables are
+    /// empty and [`AccountDb::save`] refuses it.
+    pub fn load_public(root: &Root) -> Result<AccountDb> {
+        Ok(AccountDb {
+            passwd: Table::load(root.join(PASSWD), FileSpec::root(0o644))?,
+            shadow: Table::absent(root.join(SHADOW)),
+            group: Table::load(root.join(GROUP), FileSpec::root(0o644))?,
+            gshadow: Table::absent(root.join(GSHADOW)),
+            read_only: true,
         })
     }
 
@@ -526,6 +554,11 @@ impl AccountDb {
 
     /// Write every file that changed. Returns the files written.
     pub fn save(&mut self) -> Result<Vec<PathBuf>> {
+        if self.read_only {
+            return Err(CoreError::Usage(
+                "account files loaded without shadow and gshadow cannot be saved".into(),
+            ));
+        }
         let mut written = Vec::new();
         // Order as shadow-utils: the shadow files first, so a passwd entry
         // never exists without its shadow entry after a crash in between.
@@ -630,6 +663,19 @@ mod tests {
         let again = AccountDb::load(&root).unwrap();
         assert_eq!(again.groups_of("alice"), vec!["sudo"]);
         assert_eq!(again.user("alice").unwrap().uid, 1000);
+    }
+
+    #[test]
+    fn the_public_view_reads_no_shadow_file_and_cannot_be_saved() {
+        let (dir, root) = sandbox();
+        // Unreadable to anyone but root, as on a host: the public view never opens it.
+        std::fs::remove_file(dir.path().join("etc/shadow")).unwrap();
+        std::fs::create_dir(dir.path().join("etc/shadow")).unwrap();
+        let mut db = AccountDb::load_public(&root).unwrap();
+        assert_eq!(db.groups_of("olduser"), vec!["sudo"]);
+        assert!(db.user("root").is_some() && db.shadow("root").is_none());
+        db.add_group("x", 1234);
+        assert!(db.save().is_err());
     }
 
     #[test]

@@ -53,6 +53,14 @@ impl Secrets {
     }
 
     pub fn load_file(file: &Path) -> Result<Secrets> {
+        Self::load_file_owned(file, None)
+    }
+
+    /// Like [`Secrets::load_file`], also accepting a file owned by
+    /// `also_owner`: a service account's own secrets (bs-release runs as
+    /// the service account and cannot read root's 0600 file; root can still
+    /// read the service account's).
+    pub fn load_file_owned(file: &Path, also_owner: Option<u32>) -> Result<Secrets> {
         let fd = match rustix::fs::open(
             file,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -88,7 +96,7 @@ impl Secrets {
             )));
         }
         let me = rustix::process::geteuid().as_raw();
-        if st.st_uid != 0 && st.st_uid != me {
+        if st.st_uid != 0 && st.st_uid != me && Some(st.st_uid) != also_owner {
             return Err(refuse(format!(
                 "owned by uid {}; it must be owned by root",
                 st.st_uid
@@ -190,6 +198,19 @@ mod tests {
         let err = Secrets::load_file(&p).unwrap_err();
         assert!(err.to_string().contains("0600"), "{err}");
         assert_eq!(err.exit(), crate::Exit::Usage);
+    }
+
+    #[test]
+    fn a_file_of_the_named_owner_is_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "RELEASE_TOKEN=t\n", 0o600);
+        let me = rustix::process::geteuid().as_raw();
+        if me == 0 {
+            rustix::fs::chown(&p, Some(rustix::fs::Uid::from_raw(10000)), None).unwrap();
+            assert!(Secrets::load_file(&p).is_err());
+        }
+        let s = Secrets::load_file_owned(&p, Some(10000)).unwrap();
+        assert_eq!(s.require("RELEASE_TOKEN").unwrap().expose(), "t");
     }
 
     #[test]

@@ -54,7 +54,7 @@ pub(crate) fn run(
             checker: true,
         },
         _ => {
-            let db = AccountDb::load(&root)?;
+            let db = AccountDb::load_public(&root)?;
             identity::resolve(&db, &config.release, ruid, cli.as_user.as_deref(), &sudo)?
         }
     };

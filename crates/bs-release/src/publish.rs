@@ -35,7 +35,10 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
             "[release] server is not set: nowhere to publish to".into(),
         ));
     }
-    let secrets = Secrets::load(&ctx.root)?;
+    let secrets = Secrets::load_file_owned(
+        &ctx.root.join(&cfg.secrets_file),
+        Some(ctx.config.service_account.uid),
+    )?;
     let token = secrets.require("RELEASE_TOKEN")?.clone();
     let ws_dir = ctx.store.workspace(&req.workspace)?;
     let manifest = ctx.store.manifest(&ws_dir)?;

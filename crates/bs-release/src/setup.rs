@@ -65,6 +65,30 @@ pub(crate) fn run(
                 "owner": config.service_account.name, "mode": "0750"}),
     );
 
+    // The token file: made empty (a comment) when missing, never overwritten.
+    let secrets = root.join(&config.release.secrets_file);
+    let needs_secrets = std::fs::symlink_metadata(&secrets).is_err();
+    if apply && needs_secrets {
+        if let Some(parent) = secrets.parent() {
+            safefs::ensure_dir_all(parent, &FileSpec::root(0o755))?;
+        }
+        safefs::write_atomic(
+            &secrets,
+            b"# RELEASE_TOKEN=... : the release server's token for this backend\n",
+            &FileSpec {
+                mode: 0o600,
+                uid,
+                gid,
+            },
+        )?;
+    }
+    out.item(
+        "file",
+        needs_secrets,
+        &json!({"action": if needs_secrets {"create"} else {"none"},
+                "target": root.display_path(&secrets), "owner": config.service_account.name, "mode": "0600"}),
+    );
+
     let repo = std::fs::canonicalize(&global.repo).map_err(|e| Error::io(&global.repo, e))?;
     let backend = global.backend.clone().unwrap_or_default();
     let pin = HostPin { repo, backend };

@@ -254,7 +254,7 @@ impl Store {
                 )
                 .map_err(|e| Error::io(&tmp_path, e.into()))?;
             }
-            rustix::fs::fchmod(&f, Mode::from_raw_mode(0o440))
+            rustix::fs::fchmod(&f, Mode::from_raw_mode(0o640))
                 .map_err(|e| Error::io(&tmp_path, e.into()))?;
             rustix::fs::renameat(files.fd(), &tmp, files.fd(), &name)
                 .map_err(|e| Error::io(files.path().join(&name), e.into()))?;

@@ -693,7 +693,9 @@ fn apply_creates_the_state_directories_and_pins_the_host_config() {
     c.arg("plan");
     let r = Run_of(&mut c);
     r.ok();
+    // requests, audit dir, pin; the token file exists already
     assert_eq!(r.summary()["changed"], 3);
+    std::fs::remove_file(sb.root.join("etc/bs/release.env")).unwrap();
     assert!(!sb.root.join("etc/bs/release.toml").exists());
     let mut c = sb.cmd();
     c.arg("apply");
@@ -703,6 +705,8 @@ fn apply_creates_the_state_directories_and_pins_the_host_config() {
     assert_eq!((m.uid(), m.mode() & 0o7777), (10000, 0o750));
     let m = std::fs::metadata(sb.medium().join("requests")).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (10000, 10000, 0o750));
+    let m = std::fs::metadata(sb.root.join("etc/bs/release.env")).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o7777), (10000, 0o600));
     let pin = std::fs::read_to_string(sb.root.join("etc/bs/release.toml")).unwrap();
     assert!(pin.contains("backend = \"test\""), "{pin}");
     let mut c = sb.cmd();

@@ -1,5 +1,7 @@
 //! `[release]`: the settings of bs-release (see docs/bs-release.md).
 
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 use super::layers::Layers;
@@ -13,6 +15,9 @@ pub struct ReleaseConfig {
     /// `{server}/releases/workspace/{ws}` and `{server}/releases/release/{id}`.
     /// Empty: `publish` is refused (the token is `RELEASE_TOKEN` in the secrets file).
     pub server: String,
+    /// The env file holding `RELEASE_TOKEN`: owned by the service account
+    /// (bs-release runs as it and cannot read root's secrets file), mode 0600.
+    pub secrets_file: PathBuf,
     /// Members of any of these groups may create requests (authors).
     pub author_groups: Vec<String>,
     /// Members of any of these groups review, approve and publish (output checkers).
@@ -41,6 +46,7 @@ impl Default for ReleaseConfig {
     fn default() -> Self {
         ReleaseConfig {
             server: String::new(),
+            secrets_file: PathBuf::from("/etc/bs/release.env"),
             author_groups: vec!["researchers".into(), "developers".into()],
             checker_groups: vec!["reviewers".into()],
             reviews_needed: 2,

@@ -69,7 +69,7 @@ impl Sandbox {
         std::fs::write(root.join("etc/passwd"), passwd).unwrap();
         std::fs::write(root.join("etc/group"), group).unwrap();
         std::fs::create_dir_all(root.join("etc/bs")).unwrap();
-        let secrets = root.join("etc/bs/secrets.env");
+        let secrets = root.join("etc/bs/release.env");
         std::fs::write(&secrets, "RELEASE_TOKEN=sekrit-token-123\n").unwrap();
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
         let sb = Sandbox { dir, root };
