@@ -258,3 +258,16 @@ fn the_test_backend_wants_no_refclock_and_changes_nothing() {
     assert_eq!(summary(&recs)["changed"], 0);
     assert_eq!(sb.read(CONF).unwrap(), DEBIAN_CONF);
 }
+
+#[test]
+fn check_on_a_sandbox_reports_config_drift_and_leaves_the_hosts_clock_alone() {
+    let sb = Sandbox::new(DEBIAN_CONF);
+    sb.hyperv_clock(true);
+    let (code, recs) = sb.run("tpp", &["check"]);
+    assert_eq!(code, 3, "{recs:#?}");
+    assert_eq!(summary(&recs)["changed"], 3);
+    assert_eq!(of_type(&recs, "clock_skipped").len(), 1);
+    assert!(sb.read(DROPIN).is_none(), "check changes nothing");
+    assert_eq!(sb.run("tpp", &["apply"]).0, 0);
+    assert_eq!(sb.run("tpp", &["check"]).0, 0);
+}

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# bs-chrony on a Debian container with the tpp backend's config: the Hyper-V PTP device is a
+# stand-in (a link to /dev/null: `chronyd -p` only parses), the container has no systemd, so
+# a host-local [chrony] override drives services through a stand-in service manager that logs
+# every call (the job runner's units are state files; chrony.service is the real chronyd,
+# run with -x so the clock is never touched). bs-chrony runs alone: `just manage tpp` would
+# also run bs-users, which fetches keys from the internet (see docs/bs-chrony.md).
+set -euo pipefail
+# shellcheck source=tests/system/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+st_require_bins bs-chrony
+# --init: a PID 1 that reaps, as systemd would; chronyd takes a zombie's pid for a running chronyd.
+st_start chrony --init
+
+tool() { st_tool env BS_BACKEND=tpp BS_REPO=/opt/bs bs-chrony "$@"; }
+svc_log() { st_exec cat /var/log/bs-svc.log; }
+steps='select(.type == "restart_step") | "\(.step) \(.target) \(.ok)"'
+
+st_step "set up: the stand-in service manager, chronyd -x running, the job runner 'running'"
+st_sh 'cat >/usr/local/sbin/bs-svc <<"EOF"
+#!/bin/sh
+# Stand-in service manager: logs each call; chrony.service is the real chronyd -x.
+set -u
+verb=$1 unit=$2
+echo "$verb $unit" >>/var/log/bs-svc.log
+if [ "$unit" = chrony.service ]; then
+    if [ "$verb" != start ] && [ -s /run/chrony/chronyd.pid ]; then
+        kill "$(cat /run/chrony/chronyd.pid)" 2>/dev/null || true
+        i=0
+        while pgrep -x chronyd >/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    fi
+    [ "$verb" = stop ] && exit 0
+    exec chronyd -x
+fi
+case $verb in
+    stop) rm -f "/run/bs-svc/$unit" ;;
+    start) mkdir -p /run/bs-svc && touch "/run/bs-svc/$unit" ;;
+esac
+EOF
+chmod 755 /usr/local/sbin/bs-svc
+install -d -o _chrony -g _chrony -m 750 /run/chrony
+mkdir -p /etc/bs /run/bs-svc
+touch /run/bs-svc/bs-jobs-poller.service /run/bs-svc/bs-jobs-worker.service
+chronyd -x'
+cp_conf=$(st_exec cat /etc/chrony/chrony.conf)
+assert_contains "$cp_conf" "confdir /etc/chrony/conf.d" "Debian's chrony.conf reads conf.d"
+
+local_toml='[chrony]
+service_manager = "commands"
+ready_timeout_secs = 15
+
+[chrony.service_commands]
+start = ["/usr/local/sbin/bs-svc", "start", "{service}"]
+stop = ["/usr/local/sbin/bs-svc", "stop", "{service}"]
+restart = ["/usr/local/sbin/bs-svc", "restart", "{service}"]
+'
+st_sh 'cat >/etc/bs/local.toml' <<<"$local_toml"
+
+st_step "no PTP device: an error, nothing changed"
+tool apply
+assert_eq 1 "$ST_RC" "apply without the device"
+assert_json_eq 'select(.type == "error") | .kind' device_missing "$ST_JSON" "error kind"
+assert_eq "$cp_conf" "$(st_exec cat /etc/chrony/chrony.conf)" "chrony.conf untouched"
+assert_failure "no drop-in" st_exec test -e /etc/chrony/conf.d/bs-hyperv-ptp.conf
+assert_failure "no service touched" st_exec test -e /var/log/bs-svc.log
+
+st_step "stand-in device: the drop-in goes live; /dev/null is no PHC, so chrony's restart fails and the services still come back"
+st_exec ln -s /dev/null /dev/ptp_hyperv
+tool apply
+assert_eq 1 "$ST_RC" "apply exits 1: chronyd cannot open the stand-in as a PHC"
+assert_json_eq 'select(.type == "device") | .device_present' true "$ST_JSON" "device found"
+assert_json_eq 'select(.type == "error") | .kind' restart_failed "$ST_JSON" "the failed restart is reported"
+dropin=$(st_exec cat /etc/chrony/conf.d/bs-hyperv-ptp.conf)
+printf '%s\n' "$dropin" >&2
+assert_contains "$dropin" "refclock PHC /dev/ptp_hyperv poll 3 dpoll -2 offset 0 stratum 2" "the refclock line"
+assert_contains "$dropin" "makestep 1.0 -1" "the makestep line"
+assert_contains "$(st_exec cat /etc/chrony/chrony.conf)" "#bs-chrony-disabled: makestep 1 3" \
+    "Debian's later makestep no longer overrides ours"
+assert_json_eq "$steps" $'stop bs-jobs-poller.service true\nstop bs-jobs-worker.service true\nrestart chrony.service false\nstart bs-jobs-worker.service true\nstart bs-jobs-poller.service true' \
+    "$ST_JSON" "restart steps in order, services started again"
+assert_eq $'stop bs-jobs-poller.service\nstop bs-jobs-worker.service\nrestart chrony.service\nstart bs-jobs-worker.service\nstart bs-jobs-poller.service' \
+    "$(svc_log)" "what the service manager was asked, in order"
+assert_success "the poller runs again" st_exec test -e /run/bs-svc/bs-jobs-poller.service
+assert_success "the worker runs again" st_exec test -e /run/bs-svc/bs-jobs-worker.service
+assert_success "the restart is still owed" st_exec test -e /var/lib/bs/chrony/restart-pending
+
+st_step "a refclock chronyd can run here (SOCK, refid PHC0): the drop-in changes, chrony restarts and answers"
+st_exec truncate -s 0 /var/log/bs-svc.log
+st_sh 'cat >/etc/bs/local.toml' <<<"${local_toml/ready_timeout_secs = 15/ready_timeout_secs = 15
+refclock_line = \"refclock SOCK /run/chrony/phc-standin.sock refid PHC0 poll 0 dpoll -2\"}"
+tool apply
+assert_eq 0 "$ST_RC" "apply exits 0"
+assert_json_eq "$steps" $'stop bs-jobs-poller.service true\nstop bs-jobs-worker.service true\nrestart chrony.service true\nwait chrony.service true\nstart bs-jobs-worker.service true\nstart bs-jobs-poller.service true' \
+    "$ST_JSON" "stop, restart, wait, start in reverse"
+assert_json_eq 'select(.type == "restart") | .ok' true "$ST_JSON" "restart record"
+assert_contains "$(st_exec cat /etc/chrony/conf.d/bs-hyperv-ptp.conf)" "refclock SOCK /run/chrony/phc-standin.sock refid PHC0" "new drop-in"
+assert_success "chronyd runs" st_exec pgrep -x chronyd
+assert_failure "nothing owed any more" st_exec test -e /var/lib/bs/chrony/restart-pending
+assert_eq $'stop bs-jobs-poller.service\nstop bs-jobs-worker.service\nrestart chrony.service\nstart bs-jobs-worker.service\nstart bs-jobs-poller.service' \
+    "$(svc_log)" "service manager calls"
+
+st_step "idempotent: a second apply changes nothing and restarts nothing"
+st_exec truncate -s 0 /var/log/bs-svc.log
+tool apply
+assert_eq 0 "$ST_RC" "second apply"
+assert_json_eq 'select(.type == "summary") | .changed' 0 "$ST_JSON" "nothing changed"
+assert_eq "" "$(svc_log)" "no service touched"
+
+st_step "status and check read the real chronyd"
+tool check
+assert_eq 3 "$ST_RC" "check: the refclock has no samples yet, so it is not selected"
+assert_json_eq 'select(.type == "clock") | .refclock_selected' false "$ST_JSON" "not selected"
+# Feed the stand-in refclock samples (struct sock_sample) as a PTP clock would give them.
+st_sh 'cat >/tmp/feed.py <<"EOF"
+import socket, struct, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+while True:
+    t = time.time()
+    try:
+        s.sendto(struct.pack("qqdiiii", int(t), int((t % 1) * 1e6), 0.0, 0, 0, 0, 0x534F434B),
+                 "/run/chrony/phc-standin.sock")
+    except OSError:
+        pass
+    time.sleep(0.25)
+EOF
+setsid -f python3 /tmp/feed.py >/dev/null 2>&1'
+for _ in $(seq 60); do
+    if st_exec chronyc -n -c sources | grep -q '^#,\*,PHC0,'; then break; fi
+    sleep 0.5
+done
+tool status
+assert_eq 0 "$ST_RC" "status"
+assert_json_eq 'select(.type == "clock") | [.selected_source, .refclock_selected, .synchronised]' \
+    '["PHC0",true,true]' "$ST_JSON" "the refclock is the selected source"
+assert_json_eq 'select(.type == "source") | .name' PHC0 "$ST_JSON" "source record"
+tool check
+assert_eq 0 "$ST_RC" "check passes: synchronised, in bound, refclock selected"
