@@ -248,6 +248,15 @@ fn a_typo_in_the_chrony_section_stops_with_exit_2() {
         .as_str()
         .unwrap()
         .contains("service_commands"));
+    // A PHC line that reads another device than the one detected.
+    sb.local_toml("[chrony]\nrefclock_line = \"refclock PHC /dev/ptp1 poll 3\"\n");
+    let (code, recs) = sb.run("tpp", &["plan"]);
+    assert_eq!(code, 2, "{recs:#?}");
+    let msg = of_type(&recs, "error")[0]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(msg.contains("chrony.device is /dev/ptp_hyperv"), "{msg}");
 }
 
 #[test]
