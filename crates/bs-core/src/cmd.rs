@@ -164,28 +164,35 @@ impl Runner for SystemRunner {
         let mut err_pipe = child.stderr.take();
         let out_t = std::thread::spawn(move || read_all(out_pipe.as_mut()));
         let err_t = std::thread::spawn(move || read_all(err_pipe.as_mut()));
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
-                Err(source) => {
-                    return Err(CoreError::CommandSpawn {
-                        program: cmd.program.clone(),
-                        source,
-                    })
-                }
+        // Wait on a thread so the timeout costs nothing while the command
+        // runs (no polling); on timeout the child is killed by pid.
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let waited = match cmd.timeout {
+            Some(t) => rx.recv_timeout(t).ok(),
+            None => rx.recv().ok(),
+        };
+        let status = match waited {
+            Some(Ok(status)) => status,
+            Some(Err(source)) => {
+                return Err(CoreError::CommandSpawn {
+                    program: cmd.program.clone(),
+                    source,
+                })
             }
-            if let Some(t) = cmd.timeout {
-                if started.elapsed() > t {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(CoreError::CommandTimeout {
-                        program: cmd.program.clone(),
-                        secs: t.as_secs(),
-                    });
+            None => {
+                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
                 }
+                let _ = rx.recv();
+                return Err(CoreError::CommandTimeout {
+                    program: cmd.program.clone(),
+                    secs: cmd.timeout.map(|t| t.as_secs()).unwrap_or(0),
+                });
             }
-            std::thread::sleep(Duration::from_millis(2));
         };
         let stdout = out_t.join().unwrap_or_default();
         let stderr = err_t.join().unwrap_or_default();
