@@ -50,8 +50,9 @@ impl Default for DockerConfig {
     }
 }
 
-/// A user-defined bridge network.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+/// A user-defined bridge network. The default is deliberately the strict
+/// one: not internal only because egress is a backend's choice, but icc off.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkSpec {
     /// No route out of the network (containers reach only each other).
@@ -61,16 +62,6 @@ pub struct NetworkSpec {
     pub icc: bool,
     /// `10.20.0.0/24`; the engine picks one when absent.
     pub subnet: Option<String>,
-}
-
-impl Default for NetworkSpec {
-    fn default() -> Self {
-        NetworkSpec {
-            internal: false,
-            icc: false,
-            subnet: None,
-        }
-    }
 }
 
 /// A declared service container.
