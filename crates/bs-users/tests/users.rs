@@ -423,22 +423,20 @@ fn keys_refresh_works_from_the_snapshot_and_keeps_last_good_keys_on_failure() {
 #[test]
 fn plan_filtered_then_applied_does_only_what_is_left() {
     let env = dev_env();
-    let plan = env.cmd().arg("plan").output().unwrap();
-    assert!(plan.status.success());
-    // keep everything except bob's changes
-    let filtered: String = String::from_utf8(plan.stdout)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.contains("\"target\":\"bob\""))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    let run: common::Run = env
-        .cmd()
-        .args(["apply", "--plan", "-"])
-        .write_stdin(filtered)
+    // The operator's pipeline, for real: plan | jq filter | apply --plan -
+    let bin = assert_cmd::cargo::cargo_bin("bs-users");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{bin} plan | jq -c 'select(.target != \"bob\")' | {bin} apply --plan -",
+            bin = bin.display()
+        ))
+        .env("BS_ROOT", env.root())
+        .env("BS_REPO", env.repo.path())
+        .env("BS_BACKEND", "t")
         .output()
-        .unwrap()
-        .into();
+        .unwrap();
+    let run: common::Run = out.into();
     assert_eq!(run.code, 0, "{}", run.dump());
     assert!(!env.passwd("alice").is_empty());
     assert!(env.passwd("bob").is_empty(), "bob was not in the plan");
