@@ -19,6 +19,8 @@ pub struct JobRow {
     pub image: String,
     /// Seconds since the epoch when the container was created.
     pub created: i64,
+    /// When the job's process started (RFC 3339, from the engine).
+    pub started_at: String,
     pub status: String,
     pub cpu_percent: f64,
     pub memory_bytes: u64,
@@ -50,6 +52,12 @@ pub fn ps(engine: &Engine, out: &mut Output) -> Result<usize, EngineError> {
             .and_then(|n| n.first())
             .map(|n| n.trim_start_matches('/').to_string())
             .unwrap_or_default();
+        let started_at =
+            j.id.as_deref()
+                .and_then(|id| engine.inspect(id).ok().flatten())
+                .and_then(|c| c.state)
+                .and_then(|s| s.started_at)
+                .unwrap_or_default();
         out.emit(
             "job",
             &JobRow {
@@ -60,6 +68,7 @@ pub fn ps(engine: &Engine, out: &mut Output) -> Result<usize, EngineError> {
                 action: get(labels::JOB_ACTION),
                 image: j.image.clone().unwrap_or_default(),
                 created: j.created.unwrap_or(0),
+                started_at,
                 status: j.status.clone().unwrap_or_default(),
                 cpu_percent: usage.cpu_percent,
                 memory_bytes: usage.memory_bytes,

@@ -339,4 +339,5 @@ fn ps_lists_running_job_containers_with_workspace_and_action() {
     assert_eq!(j["action"], "generate_dataset");
     assert_eq!(j["memory_limit_bytes"], 64 << 20);
     assert!(j["created"].as_i64().unwrap() > 0);
+    assert!(j["started_at"].as_str().unwrap().starts_with("20"), "{j}");
 }
