@@ -341,3 +341,93 @@ fn ps_lists_running_job_containers_with_workspace_and_action() {
     assert!(j["created"].as_i64().unwrap() > 0);
     assert!(j["started_at"].as_str().unwrap().starts_with("20"), "{j}");
 }
+
+#[test]
+fn a_health_check_shows_starting_then_active_and_ports_bind_to_the_given_address() {
+    let e = engine();
+    let image = ensure_test_image(&e);
+    let sb = Sandbox::new(true);
+    let name = unique("health");
+    let mut clean = Cleanup::new();
+    clean.containers.push(name.clone());
+    // A free port on loopback: bind, note, release.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    sb.backend(&service_toml(
+        &name,
+        &image,
+        &format!("healthcheck = [\"true\"]\nhealthcheck_interval_secs = 1\nports = [\"127.0.0.1:{port}:8000\"]\nrestart = \"always\""),
+    ));
+    let (code, recs) = sb.run(&["apply"]);
+    assert_eq!(code, 0, "{recs:#?}");
+    let h = e.inspect(&name).unwrap().unwrap().host_config.unwrap();
+    let b = &h.port_bindings.unwrap()["8000/tcp"].clone().unwrap()[0];
+    assert_eq!(
+        (b.host_ip.as_deref(), b.host_port.clone()),
+        (Some("127.0.0.1"), Some(port.to_string()))
+    );
+    assert_eq!(
+        h.restart_policy.unwrap().name.unwrap().to_string(),
+        "always"
+    );
+
+    let (_, recs) = sb.run(&["status"]);
+    let first = find(&recs, "service", &name).clone();
+    assert!(
+        first["state"] == "starting" || first["health"] == "healthy",
+        "{first}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, recs) = sb.run(&["status"]);
+        let s = find(&recs, "service", &name).clone();
+        if s["state"] == "active" {
+            assert_eq!(s["health"], "healthy");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never became healthy: {s}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn apply_with_a_plan_applies_only_what_is_still_needed() {
+    let e = engine();
+    let image = ensure_test_image(&e);
+    let sb = Sandbox::new(true);
+    let a = unique("plan-a");
+    let b = unique("plan-b");
+    let mut clean = Cleanup::new();
+    clean.containers.push(a.clone());
+    clean.containers.push(b.clone());
+    sb.backend(&format!(
+        "{}{}",
+        service_toml(&a, &image, ""),
+        service_toml(&b, &image, "")
+    ));
+    let (code, recs) = sb.run(&["plan"]);
+    assert_eq!(code, 0);
+    // Keep only service a's change in the plan given back.
+    let plan: String = recs
+        .iter()
+        .filter(|r| r["type"] == "service" && r["target"] == a.as_str())
+        .map(|r| format!("{r}\n"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plan.jsonl");
+    std::fs::write(&file, &plan).unwrap();
+    let (code, recs) = sb.run(&["apply", "--plan", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{recs:#?}");
+    assert!(container_id(&a).is_some());
+    assert!(container_id(&b).is_none(), "b was not in the plan given");
+    // Given again, it is no longer needed.
+    let (code, recs) = sb.run(&["apply", "--plan", file.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(of_type(&recs, "plan_skipped").len(), 1);
+}
