@@ -436,12 +436,15 @@ impl Usage {
     }
 }
 
-/// A connected engine. Not `Sync` across threads by design: one runtime,
-/// one caller; open one `Engine` per thread if a tool needs threads.
+/// A connected engine. It is `Send + Sync`, but its runtime is a single
+/// thread: calls from several threads take turns. A tool that wants real
+/// parallelism opens one `Engine` per thread, or joins futures inside one
+/// [`Engine::block_on`] (as `ps` does for stats).
 pub struct Engine {
     docker: Docker,
     rt: tokio::runtime::Runtime,
     socket: String,
+    timeout_secs: u64,
 }
 
 impl Engine {
@@ -480,6 +483,7 @@ impl Engine {
             docker,
             rt,
             socket: path.to_string(),
+            timeout_secs,
         })
     }
 
@@ -518,7 +522,7 @@ impl Engine {
             BollardError::RequestTimeoutError => EngineError::Timeout {
                 op,
                 target: target.to_string(),
-                secs: DEFAULT_TIMEOUT_SECS,
+                secs: self.timeout_secs,
             },
             BollardError::HyperLegacyError { .. }
             | BollardError::IOError { .. }

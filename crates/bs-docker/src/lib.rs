@@ -714,3 +714,96 @@ fn status(root: &Root, config: &Config, out: &mut Output) -> Result<Map<String, 
     );
     Ok(extra)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bs_core::cmd::RecordingRunner;
+
+    /// A sandbox root linked to the real engine and a config with restarts allowed.
+    fn setup() -> (tempfile::TempDir, tempfile::TempDir, Root, Config) {
+        let repo = tempfile::tempdir().unwrap();
+        let root_dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(repo.path().join("backends/t")).unwrap();
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../backends/defaults.toml"),
+            repo.path().join("backends/defaults.toml"),
+        )
+        .unwrap();
+        std::fs::write(
+            repo.path().join("backends/t/backend.toml"),
+            "[backend]\nname = \"t\"\n[docker]\nallow_restart = true\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root_dir.path().join("var/run")).unwrap();
+        std::os::unix::fs::symlink(
+            "/var/run/docker.sock",
+            root_dir.path().join("var/run/docker.sock"),
+        )
+        .unwrap();
+        let root = Root::new(root_dir.path()).unwrap();
+        let config = Config::load(
+            &bs_core::config::Source {
+                repo: repo.path().to_path_buf(),
+                backend: "t".into(),
+            },
+            &root,
+        )
+        .unwrap();
+        (repo, root_dir, root, config)
+    }
+
+    #[test]
+    fn a_successful_restart_reconnects_and_clears_the_owed_marker() {
+        let (_repo, _dir, root, config) = setup();
+        let marker = daemon::restart_marker(&root);
+        write_marker(&marker).unwrap();
+        let runner = RecordingRunner::new();
+        let (mut out, cap) = Output::capture("bs-docker");
+        let engine = connect(&root, &config).unwrap();
+        // Forced, so running job containers on this machine do not matter.
+        let change = Change::RestartEngine {
+            target: "/var/run/docker.sock".into(),
+        };
+        let again = restart_engine(
+            &runner,
+            &root,
+            &config,
+            Some(&engine),
+            &marker,
+            true,
+            change,
+            &mut out,
+        );
+        assert!(again.is_some());
+        assert_eq!(runner.ran_lines(), vec!["systemctl restart docker.service"]);
+        assert!(!marker.exists());
+        let recs = cap.records();
+        assert!(recs.iter().any(|r| r["type"] == "engine"
+            && r["action"] == "restart_engine"
+            && r["changed"] == true));
+    }
+
+    #[test]
+    fn a_failed_restart_is_an_error_and_stays_owed() {
+        let (_repo, _dir, root, config) = setup();
+        let marker = daemon::restart_marker(&root);
+        write_marker(&marker).unwrap();
+        let runner = RecordingRunner::new();
+        runner.answer("restart docker", 1, "", "Job for docker.service failed");
+        let (mut out, cap) = Output::capture("bs-docker");
+        let change = Change::RestartEngine {
+            target: "/var/run/docker.sock".into(),
+        };
+        let again = restart_engine(
+            &runner, &root, &config, None, &marker, true, change, &mut out,
+        );
+        assert!(again.is_none());
+        assert!(marker.exists());
+        let recs = cap.records();
+        assert!(
+            recs.iter().any(|r| r["kind"] == "restart_failed"),
+            "{recs:?}"
+        );
+    }
+}

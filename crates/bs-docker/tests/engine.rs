@@ -141,3 +141,45 @@ fn a_mismatch_between_spec_and_container_is_reported() {
     assert!(m.iter().any(|s| s.starts_with("user")), "{m:?}");
     assert!(m.iter().any(|s| s.starts_with("pids_limit")), "{m:?}");
 }
+
+#[test]
+fn an_engine_that_accepts_but_never_answers_is_unreachable_after_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("stalled.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // Accept and hold connections without a word.
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        if let Ok((c, _)) = listener.accept() {
+            conns.push(c);
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    });
+    let started = std::time::Instant::now();
+    let err = Engine::connect_with_timeout(sock.to_str().unwrap(), 1)
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), "engine_unreachable", "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    held.join().unwrap();
+}
+
+#[test]
+fn an_engine_can_be_shared_between_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Engine>();
+    let engine = std::sync::Arc::new(engine());
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let e = engine.clone();
+            std::thread::spawn(move || e.ping().unwrap())
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+}
