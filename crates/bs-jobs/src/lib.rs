@@ -238,9 +238,9 @@ fn submit(
         .collect::<Result<Vec<_>>>()?;
     let queue = Queue::open(root, &config.jobs.state_dir)?;
     let mut queued = 0u64;
-    for job in jobs {
-        let id = job.id.clone();
-        match queue.submit(job, clock) {
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.clone()).collect();
+    for (id, result) in ids.into_iter().zip(queue.submit_many(jobs, clock)) {
+        match result {
             Ok(entry) => {
                 queued += 1;
                 worker::report(&queue, &entry, false, json!({}), clock.now_ns())?;

@@ -277,7 +277,11 @@ pub fn run_entry(ctx: &Ctx<'_>, mut entry: Entry) -> Result<Entry> {
 
 fn set_stage(ctx: &Ctx<'_>, entry: &mut Entry, stage: &str) -> Result<()> {
     entry.stage = stage.to_string();
-    ctx.queue.update_running(entry)?;
+    // Only the long stages are worth a durable write of the entry (for
+    // `ls`); the controller hears of every stage through the outbox.
+    if matches!(stage, "executing" | "finalizing") {
+        ctx.queue.update_running(entry)?;
+    }
     report(ctx.queue, entry, false, json!({}), ctx.clock.now_ns())
 }
 
