@@ -58,6 +58,22 @@ pub(crate) fn run(
             identity::resolve(&db, &config.release, ruid, cli.as_user.as_deref(), &sudo)?
         }
     };
+    let request_id = match &cli.command {
+        Command::Review { id, .. } | Command::Publish { id } | Command::Show { id } => {
+            Some(id.clone())
+        }
+        Command::Request(rc) => match rc {
+            RequestCommand::Create { .. } => None,
+            RequestCommand::Add { id, .. }
+            | RequestCommand::Remove { id, .. }
+            | RequestCommand::Submit { id }
+            | RequestCommand::Withdraw { id }
+            | RequestCommand::Return { id, .. }
+            | RequestCommand::Approve { id }
+            | RequestCommand::Reject { id, .. } => Some(id.clone()),
+        },
+        _ => None,
+    };
     let mut ctx = Ctx {
         root,
         config,
@@ -70,7 +86,13 @@ pub(crate) fn run(
     if let Err(e @ (Error::Denied(_) | Error::WrongState { .. } | Error::Changed { .. })) = &result
     {
         // Refusals are part of the record too: a self-review attempt is worth knowing about.
-        let entry = ctx.entry("refused", None, None, None, json!({"error": e.to_string()}));
+        let entry = ctx.entry(
+            "refused",
+            request_id.as_deref(),
+            None,
+            None,
+            json!({"error": e.to_string()}),
+        );
         let _ = ctx.audit.append(&[entry]);
     }
     result

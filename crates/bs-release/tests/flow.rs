@@ -217,12 +217,14 @@ fn nobody_reviews_their_own_request_and_a_refusal_changes_nothing() {
         ],
     )
     .ok();
-    let refused = sb
+    let refused: Vec<_> = sb
         .audit()
         .into_iter()
         .filter(|e| e["action"] == "refused")
-        .count();
-    assert_eq!(refused, 2);
+        .collect();
+    assert_eq!(refused.len(), 2);
+    assert_eq!(refused[0]["request"], id.as_str());
+    assert_eq!(refused[0]["user"], "dev");
 }
 
 #[test]

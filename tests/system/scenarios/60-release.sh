@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# bs-release as real people through real sudo: users made by `bs-users apply` of the test backend,
+# the request store set up by `bs-release apply`, a sudoers rule that lets the groups run
+# bs-release as the service account, and a fake release server (python3) on 127.0.0.1:8787 in
+# the container. test-researcher authors; test-reviewer and test-developer (developers are
+# reviewers too) review; the request is published and the audit log names everyone.
+set -euo pipefail
+# shellcheck source=tests/system/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+st_require_bins bs-users bs-release
+st_start release
+# sudo looks its host name up; --network none leaves it out of /etc/hosts.
+st_sh 'echo "127.0.0.1 $(hostname)" >>/etc/hosts'
+
+# as USER ARGS...: run bs-release as USER through sudo, the way people do; keeps JSON and status.
+as() {
+    local user=$1
+    shift
+    st_step "as $user: bs-release $*"
+    ST_RC=0
+    docker exec -i -u "$user" -w /tmp "$ST_C" sudo -n -u opensafely /usr/local/bin/bs-release "$@" \
+        >"$ST_LAST_JSON" 2>"$ST_LOG_DIR/last.stderr" || ST_RC=$?
+    ST_JSON=$(<"$ST_LAST_JSON")
+    { printf '### as %s: bs-release %s (exit %s)\n' "$user" "$*" "$ST_RC"; cat "$ST_LAST_JSON"; } \
+        >>"$ST_LOG_DIR/tools.log"
+    cat "$ST_LOG_DIR/last.stderr" >&2
+}
+state() { st_sh "jq -r .state /srv/medium_privacy/requests/$1/request.json"; }
+# count FILTER: how many records of the last output match a jq select() expression.
+count() { jq -s "[.[] | select($1)] | length" <<<"$ST_JSON"; }
+
+st_step "people from the test backend (bs-users apply)"
+st_tool bs-users --repo /opt/bs --backend test apply
+assert_eq 0 "$ST_RC" "bs-users apply"
+assert_contains " $(st_exec id -nG test-researcher) " " researchers " "test-researcher's groups"
+assert_contains " $(st_exec id -nG test-reviewer) " " reviewers " "test-reviewer's groups"
+assert_contains " $(st_exec id -nG test-developer) " " reviewers " "developers review too"
+assert_eq 10000 "$(st_exec id -u opensafely)" "the service account"
+# New accounts have an empty, expired password that people set at their first login; sudo
+# refuses an expired account even with NOPASSWD. Here they have "logged in" and set one.
+st_sh 'for u in test-researcher test-reviewer test-developer; do echo "$u:pw-$u-1" | chpasswd; done'
+
+st_step "bs-release apply (root): store, audit directory, token file, host pin"
+st_tool bs-release --repo /opt/bs --backend test apply
+assert_eq 0 "$ST_RC" "bs-release apply"
+assert_eq "opensafely 750" "$(st_exec stat -c '%U %a' /srv/medium_privacy/requests)" "request store"
+assert_eq "opensafely 750" "$(st_exec stat -c '%U %a' /var/lib/bs/release)" "audit directory"
+assert_eq "root 644" "$(st_exec stat -c '%U %a' /etc/bs/release.toml)" "host pin"
+assert_contains "$(st_exec cat /etc/bs/release.toml)" 'backend = "test"' "pinned backend"
+st_tool bs-release --repo /opt/bs --backend test plan
+assert_json_eq 'select(.type=="summary") | .changed' 0 "$ST_JSON" "a second plan has nothing to do"
+# The token, in the service account's own 0600 file (apply made it; we fill it in).
+st_sh 'echo RELEASE_TOKEN=systest-release-token >/etc/bs/release.env'
+assert_eq "opensafely 600" "$(st_exec stat -c '%U %a' /etc/bs/release.env)" "token file"
+
+st_step "the sudoers rule (bs-perms' job on a real host; written here, checked with visudo -cf)"
+st_sh 'echo "%researchers,%reviewers,%developers ALL=(opensafely) NOPASSWD: /usr/local/bin/bs-release" \
+        >/tmp/bs-release.sudoers &&
+    visudo -cf /tmp/bs-release.sudoers &&
+    install -m 0440 -o root -g root /tmp/bs-release.sudoers /etc/sudoers.d/bs-release'
+
+st_step "a workspace with outputs and a job manifest (what bs-jobs leaves)"
+st_sh 'set -e
+    ws=/srv/medium_privacy/workspaces/ws1
+    mkdir -p $ws/output $ws/metadata
+    printf "group,count\nA,120\nB,45\n" >$ws/output/table.csv
+    printf "group,count\nA,120\nB,3\n" >$ws/output/small.csv
+    entry() { printf "\"%s\":{\"level\":\"moderately_sensitive\",\"job_id\":\"j1\",\"action\":\"a\",\"commit\":\"c0ffee\",\"size\":%s,\"timestamp\":1795334400,\"sha256\":\"%s\",\"excluded\":false,\"message\":null,\"row_count\":2,\"col_count\":2}" \
+        "$1" "$(stat -c %s $ws/$1)" "$(sha256sum $ws/$1 | cut -d" " -f1)"; }
+    printf "{\"outputs\":{%s,%s}}\n" "$(entry output/table.csv)" "$(entry output/small.csv)" \
+        >$ws/metadata/manifest.json
+    chown -R opensafely:opensafely /srv/medium_privacy/workspaces'
+
+st_step "the fake release server on 127.0.0.1:8787"
+st_sh 'mkdir -p /tmp/uploads && nohup python3 -c "
+import http.server, json, re
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get(\"Content-Length\", 0)))
+        open(\"/tmp/fake-release.log\", \"a\").write(json.dumps([self.path, self.headers.get(\"OS-User\")]) + \"\n\")
+        if self.headers.get(\"Authorization\") != \"systest-release-token\":
+            self.send_response(403); self.end_headers(); return
+        if self.path.startswith(\"/releases/workspace/\"):
+            json.loads(body)
+            self.send_response(201); self.send_header(\"Release-Id\", \"rel-42\"); self.end_headers(); return
+        name = re.search(r\"filename=\\\"(.*)\\\"\", self.headers.get(\"Content-Disposition\", \"\")).group(1)
+        open(\"/tmp/uploads/\" + name.replace(\"/\", \"__\"), \"wb\").write(body)
+        self.send_response(201); self.end_headers()
+    def log_message(self, *a): pass
+http.server.HTTPServer((\"127.0.0.1\", 8787), H).serve_forever()
+" >/tmp/fake-release.out 2>&1 &'
+st__wait_port 8787
+
+st_step "who may run it, and how"
+rc=0
+st_exec_as test-researcher /usr/local/bin/bs-release ls >/dev/null 2>&1 || rc=$?
+assert_eq 2 "$rc" "run directly (not through sudo) it refuses: it runs as the service account"
+as test-researcher --root /tmp ls
+assert_eq 2 "$ST_RC" "through sudo, --root is refused"
+assert_failure "sudo does not let a caller set SUDO_USER" \
+    st_exec_as test-researcher sudo -n -u opensafely SUDO_USER=test-reviewer /usr/local/bin/bs-release ls
+
+st_step "the author lists, creates, adds and submits"
+as test-researcher files ws1
+assert_eq 0 "$ST_RC" "files"
+assert_eq 2 "$(count '.type=="file" and .releasable')" "two releasable outputs"
+as test-researcher request create ws1
+assert_eq 0 "$ST_RC" "request create"
+id=$(jq -r 'select(.type=="summary") | .id' <<<"$ST_JSON")
+as test-researcher request add "$id" output/table.csv output/small.csv
+assert_eq 0 "$ST_RC" "request add"
+assert_json_eq 'select(.path=="output/small.csv") | .findings[0].check' low_count "$ST_JSON" \
+    "the small count is found and attached"
+assert_eq "opensafely" "$(st_exec stat -c %U /srv/medium_privacy/requests/"$id"/request.json)" \
+    "the request belongs to the service account"
+as test-researcher request submit "$id"
+assert_eq 0 "$ST_RC" "submit"
+assert_eq submitted "$(state "$id")" "state after submit"
+
+st_step "reviews: never your own, two independent ones per file"
+as test-researcher review "$id" output/table.csv --approve
+assert_eq 1 "$ST_RC" "the author (also a reviewer) may not review their own request"
+assert_json_eq 'select(.type=="error") | .kind' not_permitted "$ST_JSON" "self-review refused"
+for f in output/table.csv output/small.csv; do
+    as test-reviewer review "$id" "$f" --approve
+    assert_eq 0 "$ST_RC" "test-reviewer approves $f"
+done
+assert_eq partially_reviewed "$(state "$id")" "one reviewer is not enough"
+as test-reviewer request approve "$id"
+assert_eq 1 "$ST_RC" "approve with one review per file"
+as test-developer review "$id" output/small.csv --reject
+assert_eq 2 "$ST_RC" "a rejection without a comment"
+as test-developer review "$id" output/table.csv --approve
+as test-developer review "$id" output/small.csv --approve --comment "3 is a safe count here"
+assert_eq reviewed "$(state "$id")" "two reviews on every file"
+as test-developer request approve "$id"
+assert_eq 0 "$ST_RC" "approve"
+assert_eq approved "$(state "$id")" "approved"
+
+st_step "publish to the release server"
+as test-researcher publish "$id"
+assert_eq 1 "$ST_RC" "the author may not publish"
+as test-reviewer publish "$id"
+assert_eq 0 "$ST_RC" "publish"
+assert_eq 2 "$(count '.type=="upload"')" "two uploads"
+assert_eq released "$(state "$id")" "released"
+assert_eq "$(st_exec sha256sum </srv/medium_privacy/workspaces/ws1/output/table.csv)" \
+    "$(st_exec sha256sum </tmp/uploads/output__table.csv)" "the server got the approved bytes"
+assert_contains "$(st_exec cat /tmp/fake-release.log)" '["/releases/workspace/ws1", "test-reviewer"]' \
+    "the release was created with the checker as OS-User"
+assert_not_contains "$(cat "$ST_LOG_DIR/tools.log")" "systest-release-token" "the token is never printed"
+
+st_step "the audit log holds every step, with the sudo user"
+as test-reviewer audit
+assert_eq 0 "$ST_RC" "audit"
+for pair in "test-researcher create" "test-researcher add" "test-researcher submit" \
+    "test-researcher refused" "test-reviewer vote" "test-developer vote" "test-developer comment" \
+    "test-developer approve" "test-reviewer upload" "test-reviewer publish"; do
+    set -- $pair
+    n=$(count ".type==\"audit\" and .user==\"$1\" and .action==\"$2\"")
+    [[ $n -gt 0 ]] || st_fail "audit: no $2 by $1"
+done
+assert_eq "opensafely 640" "$(st_exec stat -c '%U %a' /var/lib/bs/release/audit.jsonl)" "audit file"
+assert_eq 1 "$(count '.type=="audit" and .action=="refused" and .request=="'"$id"'" and .user=="test-researcher" and (.detail.error | test("review their own"))')" \
+    "the self-review attempt is in the log with its request"
