@@ -82,6 +82,15 @@ scramble() { # TREE
 
 run_bs() { BS_ROOT=$1 BS_REPO=$PWD BS_BACKEND=test "$bin/bs-perms" "${@:2}"; }
 
+# CPU seconds (user + sys) of commands, summed into $work/cpu.<TAG>: the
+# machines are shared, and CPU time shows what wall time hides under load.
+cpu() { # TAG CMD...
+    local tag=$1
+    shift
+    /usr/bin/time -f '%U %S' -a -o "$work/cpu.$tag" "$@"
+}
+cpu_total() { awk '{ t += $1 + $2 } END { printf "%.2f", t }' "$work/cpu.$1"; }
+
 echo "## bs-perms ($files files in $dirs dirs, $(nproc) CPUs)"
 root=$work/big
 make_root "$root"
@@ -92,7 +101,7 @@ find "$tree" >/dev/null # warm the caches for both sides alike
 # --- 2. apply, everything wrong ------------------------------------------------
 scramble "$tree"
 t0=$(now)
-run_bs "$root" apply --summary > "$work/apply.jsonl"
+cpu apply_ours env BS_ROOT="$root" BS_REPO="$PWD" BS_BACKEND=test "$bin/bs-perms" apply --summary > "$work/apply.jsonl"
 t1=$(now)
 ours_apply=$(elapsed "$t0" "$t1")
 tail -1 "$work/apply.jsonl" | grep -q '"ok":true' || { echo "bs-perms apply failed:"; tail -3 "$work/apply.jsonl"; exit 1; }
@@ -102,16 +111,17 @@ getfacl -R -p -n "$tree" > "$work/ours.acl" 2>/dev/null
 
 scramble "$tree"
 t0=$(now)
-chown -R daemon:daemon "$tree"
-find "$tree" -type d -exec chmod 0750 {} +
-find "$tree" -type f -exec chmod 0640 {} +
-setfacl -R -m g:sudo:rX "$tree"
-setfacl -R -d -m g:sudo:rX "$tree" 2>/dev/null || true # files refuse default ACLs
+cpu apply_base chown -R daemon:daemon "$tree"
+cpu apply_base find "$tree" -type d -exec chmod 0750 {} +
+cpu apply_base find "$tree" -type f -exec chmod 0640 {} +
+cpu apply_base setfacl -R -m g:sudo:rX "$tree"
+cpu apply_base setfacl -R -d -m g:sudo:rX "$tree" 2>/dev/null || true # files refuse default ACLs
 t1=$(now)
 base_apply=$(elapsed "$t0" "$t1")
 getfacl -R -p -n "$tree" > "$work/base.acl" 2>/dev/null
 cmp -s "$work/ours.acl" "$work/base.acl" || { echo "bs-perms and the baseline disagree on the result:"; diff "$work/ours.acl" "$work/base.acl" | head; status=1; }
-echo "apply, every entry fixed: bs-perms ${ours_apply}s, baseline chain ${base_apply}s"
+echo "apply, every entry fixed: bs-perms ${ours_apply}s, baseline chain ${base_apply}s" \
+    "(CPU: $(cpu_total apply_ours)s vs $(cpu_total apply_base)s)"
 verdict "ratio" "$(ratio "$ours_apply" "$base_apply")" "<=" 0.5
 
 # --- 1. no-op check --------------------------------------------------------------
@@ -119,19 +129,21 @@ verdict "ratio" "$(ratio "$ours_apply" "$base_apply")" "<=" 0.5
 # resolved, one NSS lookup per entry). `getfacl -R -n` skips the lookups:
 # the fastest the baseline can be, printed and judged as well.
 t0=$(now)
-getfacl -R -p "$tree" > /dev/null
+cpu check_base getfacl -R -p "$tree" > /dev/null
 t1=$(now)
 base_check=$(elapsed "$t0" "$t1")
 t0=$(now)
-getfacl -R -p -n "$tree" > /dev/null
+cpu check_base_n getfacl -R -p -n "$tree" > /dev/null
 t1=$(now)
 base_check_n=$(elapsed "$t0" "$t1")
 t0=$(now)
-run_bs "$root" check --summary > "$work/check.jsonl"
+cpu check_ours env BS_ROOT="$root" BS_REPO="$PWD" BS_BACKEND=test "$bin/bs-perms" check --summary > "$work/check.jsonl"
 t1=$(now)
 ours_check=$(elapsed "$t0" "$t1")
 tail -1 "$work/check.jsonl" | grep -q '"exit":0' || { echo "no-op check found drift:"; tail -2 "$work/check.jsonl"; exit 1; }
-echo "no-op check: bs-perms ${ours_check}s, getfacl -R ${base_check}s, getfacl -R -n ${base_check_n}s"
+echo "no-op check: bs-perms ${ours_check}s, getfacl -R ${base_check}s, getfacl -R -n ${base_check_n}s" \
+    "(CPU: $(cpu_total check_ours)s vs $(cpu_total check_base)s and $(cpu_total check_base_n)s)"
+echo "   load average when done: $(cut -d' ' -f1-3 /proc/loadavg)"
 verdict "ratio to getfacl -R" "$(ratio "$ours_check" "$base_check")" "<=" 0.35
 verdict "ratio to getfacl -R -n (stricter)" "$(ratio "$ours_check" "$base_check_n")" "<=" 0.35
 

@@ -150,11 +150,11 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>, PermsError>
     login::run(&ctx, out, &mut selection);
     for change in selection.stale() {
         out.emit(
-            "stale",
+            "skipped",
             &serde_json::json!({
                 "target": change.target(),
-                "given": change,
-                "message": "in the given plan but not needed (or different) now: skipped",
+                "change": change,
+                "reason": "in the given plan but not needed (or different) now",
             }),
         );
     }
