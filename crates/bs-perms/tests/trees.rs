@@ -285,3 +285,52 @@ fn apply_with_a_plan_walks_only_the_trees_in_it() {
         "not in the plan"
     );
 }
+
+#[test]
+fn another_file_system_is_not_entered_and_fifos_are_left_alone() {
+    let sb = Sandbox::new(TREES_ONLY);
+    assert_eq!(sb.run(&["apply"]).code, 0);
+    let mnt = sb.p("/srv/high_privacy/volumes/mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0755", "bs-perms-test"])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        mounted.status.success(),
+        "mount a tmpfs (the tests run as root): {mounted:?}"
+    );
+    std::fs::write(mnt.join("inside"), "x").unwrap();
+    let fifo = sb.p("/srv/high_privacy/workspaces/pipe");
+    let made = Command::new("mkfifo").arg(&fifo).output().unwrap();
+    assert!(made.status.success());
+    let apply = sb.run(&["apply"]);
+    let umounted = Command::new("umount").arg(&mnt).output().unwrap();
+    assert_eq!(apply.code, 0, "{:?}", apply.records);
+    assert!(umounted.status.success());
+    let reasons: Vec<(&str, &str)> = apply
+        .of_type("skipped")
+        .iter()
+        .map(|s| (s["target"].as_str().unwrap(), s["reason"].as_str().unwrap()))
+        .collect();
+    assert!(
+        reasons.contains(&("/srv/high_privacy/volumes/mnt", "other_file_system")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&("/srv/high_privacy/workspaces/pipe", "special_file")),
+        "{reasons:?}"
+    );
+    assert_eq!(
+        std::fs::symlink_metadata(&fifo).unwrap().uid(),
+        0,
+        "the FIFO was not re-owned"
+    );
+    // The mount point's own inode (under the tmpfs) kept its owner while mounted:
+    // nothing in the tree reported a fix below it.
+    assert!(apply
+        .of_type("path")
+        .iter()
+        .all(|p| !p["target"].as_str().unwrap().contains("/mnt")));
+}
