@@ -279,7 +279,7 @@ fn set_stage(ctx: &Ctx<'_>, entry: &mut Entry, stage: &str) -> Result<()> {
     entry.stage = stage.to_string();
     // Only the long stages are worth a durable write of the entry (for
     // `ls`); the controller hears of every stage through the outbox.
-    if matches!(stage, "executing" | "finalizing") {
+    if stage == "executing" {
         ctx.queue.update_running(entry)?;
     }
     report(ctx.queue, entry, false, json!({}), ctx.clock.now_ns())

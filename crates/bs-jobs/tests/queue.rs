@@ -188,3 +188,33 @@ fn apply_installs_the_units_and_check_is_then_clean() {
     let (code, recs, _) = sb.run(&["check"]);
     assert_eq!(code, 0, "{recs:?}");
 }
+
+#[test]
+fn jobs_of_one_action_finishing_together_all_succeed() {
+    // Same workspace, same action: their logs and manifests are written
+    // at the same moments by different worker threads.
+    let sb = Sandbox::new("together", "");
+    let lines: String = (0..40)
+        .map(|i| {
+            let mut j = sb.job(&format!("n{i}"), &["true"]);
+            j["action"] = json!("same");
+            format!("{j}\n")
+        })
+        .collect();
+    let file = sb.root().join("jobs.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let (code, _, err) = sb.run(&["submit", file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, recs, err) = sb.run(&["work", "--once", "--executor", "noop", "--max-workers", "4"]);
+    assert_eq!(code, 0, "{err} {recs:?}");
+    assert_eq!(
+        sb.entries("done").len(),
+        40,
+        "failed: {:?}",
+        sb.entries("failed")
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.high().join("metadata/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["actions"]["same"]["status"], "succeeded");
+}
