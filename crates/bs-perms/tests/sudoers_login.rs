@@ -200,3 +200,31 @@ fn an_sshd_setting_sshd_rejects_never_goes_live() {
     );
     assert_eq!(std::fs::read(&dropin).unwrap(), old);
 }
+
+#[test]
+fn apply_with_a_plan_writes_only_files_whose_planned_content_is_still_what_the_config_says() {
+    let sb = Sandbox::new(RULE_OK);
+    let plan = sb.run(&["plan"]);
+    let file_changes: Vec<String> = plan
+        .records
+        .iter()
+        .filter(|r| r["type"] == "file" && r["changed"] == true && r["kind"] == "sudoers")
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(file_changes.len(), 4, "{:?}", plan.records);
+    let plan_file = sb.dir.path().join("plan.jsonl");
+    std::fs::write(&plan_file, file_changes.join("\n")).unwrap();
+    // The config moves on after the plan was made: the backup rule changes.
+    sb.set_local(&RULE_OK.replace("/usr/bin/true", "/usr/bin/false"));
+    let apply = sb.run(&["apply", "--plan", plan_file.to_str().unwrap()]);
+    assert_eq!(apply.code, 0, "{:?}", apply.records);
+    assert!(sb.p("/etc/sudoers.d/bs-developers").exists());
+    assert!(
+        !sb.p("/etc/sudoers.d/backup").exists(),
+        "planned content is stale: not written"
+    );
+    assert!(!sb.p("/etc/issue.net").exists(), "not in the plan");
+    let skipped = apply.of_type("skipped");
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0]["target"], "/etc/sudoers.d/backup");
+}
