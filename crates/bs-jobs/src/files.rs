@@ -101,6 +101,18 @@ pub fn write_from(
     src: &mut dyn Read,
     spec: &FileSpec,
 ) -> Result<Copied> {
+    write_from_opts(dir, name, src, spec, true)
+}
+
+/// [`write_from`]; without `dir_sync` the rename is not made durable
+/// here: the caller fsyncs the directory after its last file there.
+pub fn write_from_opts(
+    dir: &DirFd,
+    name: &OsStr,
+    src: &mut dyn Read,
+    spec: &FileSpec,
+    dir_sync: bool,
+) -> Result<Copied> {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut tmp = OsString::from(".");
@@ -135,7 +147,9 @@ pub fn write_from(
         file.sync_all().map_err(|e| CoreError::io(&tmp_path, e))?;
         rustix::fs::renameat(dir.fd(), &tmp, dir.fd(), name)
             .map_err(|e| CoreError::io(dir.path().join(name), e.into()))?;
-        rustix::fs::fsync(dir.fd()).map_err(|e| CoreError::io(dir.path(), e.into()))?;
+        if dir_sync {
+            rustix::fs::fsync(dir.fd()).map_err(|e| CoreError::io(dir.path(), e.into()))?;
+        }
         Ok(Copied {
             size,
             sha256: hex::encode(hasher.finalize()),

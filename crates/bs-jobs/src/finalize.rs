@@ -446,7 +446,10 @@ pub fn write_logs(trees: &Trees, job: &JobSpec, log: &[u8]) -> Result<()> {
     let rel = format!("metadata/{}.log", job.action);
     for top in [&trees.high, &trees.medium] {
         let ws = files::ensure_dirs(top, Path::new(&job.workspace), &trees.dir_spec)?;
-        files::write_rel(&ws, Path::new(&rel), log, &trees.file_spec, &trees.dir_spec)?;
+        // Not fsynced here: the manifest, written next into the same
+        // directory, fsyncs it (one directory fsync a tree, not two).
+        let (dir, name) = files::open_parent(&ws, Path::new(&rel), &trees.dir_spec)?;
+        files::write_from_opts(&dir, name, &mut &log[..], &trees.file_spec, false)?;
     }
     Ok(())
 }

@@ -331,20 +331,49 @@ impl Queue {
             Ok(f) => f,
             Err(e) => return vec![Err(e)],
         };
+        // A batch is made durable with one syncfs instead of two fsyncs a
+        // file (10,000 jobs: seconds instead of a minute); a single job is
+        // fsynced on its own, so it never waits for the whole file system.
+        let batch = jobs.len() > 8;
+        let mut staged: Vec<Staged<'_>> = Vec::new();
+        let mut keys_in_batch = std::collections::BTreeSet::new();
         let mut out = Vec::with_capacity(jobs.len());
         for (i, job) in jobs.into_iter().enumerate() {
-            out.push(self.submit_locked(job, first + i as u64, clock));
+            let r = self.stage_job(
+                job,
+                first + i as u64,
+                clock,
+                batch,
+                &mut keys_in_batch,
+                &mut staged,
+            );
+            out.push(r);
+        }
+        if let Err(e) = self.commit(staged, batch) {
+            return vec![Err(e)];
         }
         drop(lock);
         out
     }
 
-    fn submit_locked(&self, job: JobSpec, seq: u64, clock: &dyn Clock) -> Result<Entry> {
+    fn stage_job<'a>(
+        &'a self,
+        job: JobSpec,
+        seq: u64,
+        clock: &dyn Clock,
+        batch: bool,
+        seen: &mut std::collections::BTreeSet<String>,
+        staged: &mut Vec<Staged<'a>>,
+    ) -> Result<Entry> {
         let keys = ledger_keys(&job);
         for key in &keys {
+            if seen.contains(key) {
+                return Err(JobsError::Duplicate { id: job.id.clone() });
+            }
             if let Some(name) = self.ledger_get(key)? {
-                // The ledger is written before the entry; a crash between the
-                // two leaves a ledger line naming an entry that never landed.
+                // The ledger is written with the entry; a crash between the
+                // two leaves a ledger line naming an entry that never landed,
+                // which does not block submitting the job again.
                 if self.exists_anywhere(OsStr::new(&name))? || !name.ends_with(".json") {
                     return Err(JobsError::Duplicate { id: job.id.clone() });
                 }
@@ -362,11 +391,38 @@ impl Queue {
         };
         let name = entry.file_name();
         let name_str = name.to_string_lossy().into_owned();
+        let bytes = serde_json::to_vec_pretty(&entry).map_err(|e| JobsError::State {
+            id: entry.job.id.clone(),
+            message: format!("cannot serialise: {e}"),
+        })?;
         for key in &keys {
-            self.ledger_put(key, &name_str)?;
+            staged.push(stage(
+                &self.ledger,
+                OsStr::new(key),
+                format!("{name_str}\n").as_bytes(),
+                &self.spec,
+                !batch,
+            )?);
+            seen.insert(key.clone());
         }
-        self.write(State::Queued, &entry)?;
+        staged.push(stage(&self.queue, &name, &bytes, &self.spec, !batch)?);
         Ok(entry)
+    }
+
+    /// Rename staged files into place (ledger lines before their entries)
+    /// and make the names durable.
+    fn commit(&self, staged: Vec<Staged<'_>>, batch: bool) -> Result<()> {
+        if batch && !staged.is_empty() {
+            rustix::fs::syncfs(self.base.fd()).map_err(|e| CoreError::io(self.path(), e.into()))?;
+        }
+        for s in &staged {
+            rustix::fs::renameat(s.dir.fd(), &s.tmp, s.dir.fd(), &s.name)
+                .map_err(|e| CoreError::io(s.dir.path().join(&s.name), e.into()))?;
+        }
+        for dir in [&self.ledger, &self.queue] {
+            rustix::fs::fsync(dir.fd()).map_err(|e| CoreError::io(dir.path(), e.into()))?;
+        }
+        Ok(())
     }
 
     /// Record an id in the ledger without queueing (a task refused as
@@ -502,9 +558,18 @@ impl Queue {
         Ok(record)
     }
 
-    /// Update a running entry (its stage) in place.
+    /// Update a running entry (its stage) in place: atomic, but not
+    /// fsynced: a crash can only lose the stage label, which recovery
+    /// resets anyway.
     pub fn update_running(&self, entry: &Entry) -> Result<()> {
-        self.write(State::Running, entry)
+        let bytes = serde_json::to_vec_pretty(entry).map_err(|e| JobsError::State {
+            id: entry.job.id.clone(),
+            message: format!("cannot serialise: {e}"),
+        })?;
+        let staged = stage(&self.running, &entry.file_name(), &bytes, &self.spec, false)?;
+        rustix::fs::renameat(staged.dir.fd(), &staged.tmp, staged.dir.fd(), &staged.name)
+            .map_err(|e| CoreError::io(self.running.path().join(&staged.name), e.into()))?;
+        Ok(())
     }
 
     /// Finish a running entry into `done/` or `failed/`. The new file lands
@@ -634,6 +699,45 @@ impl Queue {
     pub fn log_path(&self, id: &str) -> PathBuf {
         self.logs.path().join(format!("{id}.log"))
     }
+}
+
+/// A file written under a temp name, waiting to be renamed into place.
+struct Staged<'a> {
+    dir: &'a DirFd,
+    tmp: OsString,
+    name: OsString,
+}
+
+fn stage<'a>(
+    dir: &'a DirFd,
+    name: &OsStr,
+    bytes: &[u8],
+    spec: &FileSpec,
+    fsync: bool,
+) -> Result<Staged<'a>> {
+    use std::io::Write;
+    let mut tmp = OsString::from(".");
+    tmp.push(name);
+    tmp.push(format!(".{}.bs-tmp", std::process::id()));
+    let path = dir.path().join(&tmp);
+    let fd = rustix::fs::openat(
+        dir.fd(),
+        &tmp,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(spec.mode),
+    )
+    .map_err(|e| CoreError::io(&path, e.into()))?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes).map_err(|e| CoreError::io(&path, e))?;
+    crate::files::set_owner_mode(&file, &path, spec)?;
+    if fsync {
+        file.sync_all().map_err(|e| CoreError::io(&path, e))?;
+    }
+    Ok(Staged {
+        dir,
+        tmp,
+        name: name.to_os_string(),
+    })
 }
 
 fn parse_entry(name: &OsStr, bytes: &[u8]) -> std::result::Result<Entry, String> {
