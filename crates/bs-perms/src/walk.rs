@@ -429,11 +429,17 @@ fn dir_job(ctx: &Ctx<'_>, job: Job, dirbuf: &mut [MaybeUninit<u8>]) {
     check_dir(ctx, &fd, &st, &job.path);
 
     let fd = Arc::new(fd);
+    // Counted per directory, not per file: one shared atomic add a file
+    // would bounce a cache line between the workers.
+    let mut files = 0u64;
     let mut dir = RawDir::new(fd.as_fd(), dirbuf);
     while let Some(entry) = dir.next() {
         let entry = match entry {
             Ok(e) => e,
-            Err(e) => return error(ctx, job.path, "io", std::io::Error::from(e)),
+            Err(e) => {
+                error(ctx, job.path.clone(), "io", std::io::Error::from(e));
+                break;
+            }
         };
         let name = entry.file_name();
         let bytes = name.to_bytes();
@@ -467,7 +473,7 @@ fn dir_job(ctx: &Ctx<'_>, job: Job, dirbuf: &mut [MaybeUninit<u8>]) {
                 );
             }
             libc::S_IFREG => {
-                bump(&ctx.stats.files);
+                files += 1;
                 check_file(ctx, &fd, name, &st, &child_path);
             }
             libc::S_IFLNK => {
@@ -480,6 +486,7 @@ fn dir_job(ctx: &Ctx<'_>, job: Job, dirbuf: &mut [MaybeUninit<u8>]) {
             }
         }
     }
+    ctx.stats.files.fetch_add(files, Ordering::Relaxed);
 }
 
 /// Read an ACL xattr through an fd; `None` when there is none.
@@ -487,7 +494,7 @@ fn read_acl_fd(fd: BorrowedFd<'_>, xattr: &str) -> Result<Option<Acl>, String> {
     read_acl_with(|buf| rustix::fs::fgetxattr(fd, xattr, buf))
 }
 
-/// Decode what `get` (an fgetxattr or lgetxattr into the buffer) answers;
+/// Decode what `get` (an fgetxattr or getxattrat into the buffer) answers;
 /// `None` when there is no such xattr.
 fn read_acl_with(get: impl Fn(&mut [u8]) -> Result<usize, Errno>) -> Result<Option<Acl>, String> {
     let mut buf = [0u8; 512];
