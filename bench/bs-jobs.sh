@@ -34,7 +34,7 @@ PY
 t0=$(now)
 bsj submit "$work/jobs.jsonl" >/dev/null
 t1=$(now)
-bsj work --once --executor noop >"$work/work.json" # [jobs] max_workers: 2
+bsj work --once --executor noop --max-workers 2 >"$work/work.json" # the default max_workers
 t2=$(now)
 done_count=$(find "$work/root/var/lib/bs/jobs/done" -name '*.json' | wc -l)
 [ "$done_count" -eq "$jobs" ] || { echo "bench: only $done_count of $jobs jobs done" >&2; exit 1; }
