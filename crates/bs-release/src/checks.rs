@@ -3,6 +3,8 @@
 //! block on their own (the 16 MiB limit is enforced separately, because the
 //! release server refuses bigger files).
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use bs_core::config::ReleaseConfig;
@@ -81,10 +83,14 @@ pub fn check(path: &str, size: u64, content: Option<&[u8]>, cfg: &ReleaseConfig)
 
 fn check_table(bytes: &[u8], sep: u8, cfg: &ReleaseConfig, out: &mut Vec<Finding>) {
     let mut records = Records::new(bytes, sep);
-    let Some(header) = records.next() else {
+    let mut fields: Vec<Cow<'_, [u8]>> = Vec::new();
+    if !records.next_into(&mut fields) {
         return;
-    };
-    let header: Vec<String> = header.into_iter().map(|h| h.trim().to_string()).collect();
+    }
+    let header: Vec<String> = fields
+        .iter()
+        .map(|h| String::from_utf8_lossy(h).trim().to_string())
+        .collect();
     if let Some(col) = header.iter().find(|h| h.eq_ignore_ascii_case("patient_id")) {
         let mut f = Finding::new(
             "patient_id_column",
@@ -96,12 +102,12 @@ fn check_table(bytes: &[u8], sep: u8, cfg: &ReleaseConfig, out: &mut Vec<Finding
     // Per column: how many low counts, and in which rows first.
     let mut low: Vec<(u64, Vec<u64>)> = vec![(0, Vec::new()); header.len()];
     let mut rows = 0u64;
-    for record in records {
-        if record.len() == 1 && record[0].is_empty() {
+    while records.next_into(&mut fields) {
+        if fields.len() == 1 && fields[0].is_empty() {
             continue; // a blank line
         }
         rows += 1;
-        for (i, cell) in record.iter().enumerate() {
+        for (i, cell) in fields.iter().enumerate() {
             if is_low_count(cell, cfg.low_count_threshold) {
                 if i >= low.len() {
                     low.resize(i + 1, (0, Vec::new()));
@@ -147,18 +153,22 @@ fn check_table(bytes: &[u8], sep: u8, cfg: &ReleaseConfig, out: &mut Vec<Finding
 }
 
 /// A whole number from 1 to `threshold` (`5`, `5.0`, ` 3 `); not `0`, not `2.5`.
-fn is_low_count(cell: &str, threshold: u64) -> bool {
-    let t = cell.trim();
-    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+fn is_low_count(cell: &[u8], threshold: u64) -> bool {
+    let t = cell.trim_ascii();
+    if t.is_empty() || t.len() > 24 || !t.iter().all(|b| b.is_ascii_digit() || *b == b'.') {
         return false;
     }
-    match t.parse::<f64>() {
-        Ok(v) => v.fract() == 0.0 && v >= 1.0 && v <= threshold as f64,
-        Err(_) => false,
+    match std::str::from_utf8(t)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
+        Some(v) => v.fract() == 0.0 && v >= 1.0 && v <= threshold as f64,
+        None => false,
     }
 }
 
 /// RFC 4180 records: quoted fields may hold separators, `""` and newlines.
+/// Unquoted fields are borrowed from the input: no copy per cell.
 struct Records<'a> {
     data: &'a [u8],
     pos: usize,
@@ -170,49 +180,63 @@ impl<'a> Records<'a> {
         let data = data.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(data);
         Records { data, pos: 0, sep }
     }
-}
 
-impl Iterator for Records<'_> {
-    type Item = Vec<String>;
-
-    fn next(&mut self) -> Option<Vec<String>> {
-        if self.pos >= self.data.len() {
-            return None;
-        }
-        let mut fields = Vec::new();
-        let mut field = Vec::new();
-        let mut quoted = false;
+    /// Read the next record into `fields`; false at the end of the input.
+    fn next_into(&mut self, fields: &mut Vec<Cow<'a, [u8]>>) -> bool {
+        fields.clear();
         let d = self.data;
-        while self.pos < d.len() {
-            let c = d[self.pos];
-            self.pos += 1;
-            if quoted {
-                if c == b'"' {
-                    if d.get(self.pos) == Some(&b'"') {
-                        field.push(b'"');
-                        self.pos += 1;
+        if self.pos >= d.len() {
+            return false;
+        }
+        loop {
+            if d.get(self.pos) == Some(&b'"') {
+                // Quoted: copy, undoubling quotes, until the closing quote.
+                self.pos += 1;
+                let mut field = Vec::new();
+                while self.pos < d.len() {
+                    let c = d[self.pos];
+                    self.pos += 1;
+                    if c == b'"' {
+                        if d.get(self.pos) == Some(&b'"') {
+                            field.push(b'"');
+                            self.pos += 1;
+                        } else {
+                            break;
+                        }
                     } else {
-                        quoted = false;
+                        field.push(c);
                     }
-                } else {
-                    field.push(c);
                 }
-            } else if c == b'"' && field.is_empty() {
-                quoted = true;
-            } else if c == self.sep {
-                fields.push(String::from_utf8_lossy(&field).into_owned());
-                field.clear();
-            } else if c == b'\n' {
-                break;
-            } else if c == b'\r' && d.get(self.pos) == Some(&b'\n') {
-                // the \n ends the record next time round
+                // Anything between the closing quote and the separator is kept.
+                let rest_end = d[self.pos..]
+                    .iter()
+                    .position(|&b| b == self.sep || b == b'\n')
+                    .map_or(d.len(), |n| self.pos + n);
+                field.extend_from_slice(strip_cr(&d[self.pos..rest_end]));
+                self.pos = rest_end;
+                fields.push(Cow::Owned(field));
             } else {
-                field.push(c);
+                let end = d[self.pos..]
+                    .iter()
+                    .position(|&b| b == self.sep || b == b'\n')
+                    .map_or(d.len(), |n| self.pos + n);
+                fields.push(Cow::Borrowed(strip_cr(&d[self.pos..end])));
+                self.pos = end;
+            }
+            match d.get(self.pos) {
+                Some(&b) if b == self.sep => self.pos += 1,
+                Some(_) => {
+                    self.pos += 1; // the newline
+                    return true;
+                }
+                None => return true,
             }
         }
-        fields.push(String::from_utf8_lossy(&field).into_owned());
-        Some(fields)
     }
+}
+
+fn strip_cr(field: &[u8]) -> &[u8] {
+    field.strip_suffix(b"\r").unwrap_or(field)
 }
 
 #[cfg(test)]
@@ -259,10 +283,17 @@ mod tests {
         let cfg = ReleaseConfig::default();
         let csv = b"a,b\n\"line one\nline two\",100\n\n";
         assert!(check("x.csv", csv.len() as u64, Some(csv), &cfg).is_empty());
-        let rows: Vec<_> = Records::new(csv, b',').collect();
-        assert_eq!(
-            rows[1],
-            vec!["line one\nline two".to_string(), "100".to_string()]
-        );
+        let mut r = Records::new(csv, b',');
+        let mut fields = Vec::new();
+        assert!(r.next_into(&mut fields));
+        assert!(r.next_into(&mut fields));
+        let want: Vec<Cow<'_, [u8]>> = vec![
+            Cow::Owned(b"line one\nline two".to_vec()),
+            Cow::Borrowed(b"100"),
+        ];
+        assert_eq!(fields, want);
+        assert!(r.next_into(&mut fields));
+        assert_eq!(fields, vec![Cow::Borrowed(&b""[..])]);
+        assert!(!r.next_into(&mut fields));
     }
 }

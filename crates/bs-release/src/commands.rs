@@ -313,7 +313,16 @@ impl Ctx<'_> {
         let results = hash::par_map(pool.as_ref(), &unique, |(i, path)| {
             prepare(store, &ws_dir, &files_dir, &manifest, path, *i, cfg)
         });
-        self.store.sync()?;
+        let written: Vec<String> = {
+            let mut v: Vec<String> = results
+                .iter()
+                .filter_map(|r| r.as_ref().ok().map(|p| p.sha256.clone()))
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        self.store.sync_blobs(&files_dir, &written, pool.as_ref())?;
         let now = timefmt::now();
         let mut entries = Vec::new();
         let mut added = Vec::new();

@@ -228,13 +228,13 @@ impl Store {
             .0)
     }
 
-    /// Write a copy named by its sha256 (not yet fsynced: call
-    /// [`Store::sync`] before a request refers to it).
+    /// Write a copy named by its sha256 (its write-out started, not waited
+    /// for): call [`Store::sync_blobs`] before a request refers to it.
     /// `index` keeps the temp names of two copies of the same content apart.
     pub fn put_blob(&self, files: &DirFd, sha: &str, index: usize, bytes: &[u8]) -> Result<()> {
         let name = OsString::from(sha);
+        // Stray temps of a killed run were removed by the caller (under the lock).
         let tmp = OsString::from(format!(".{sha}.{index}.bs-tmp"));
-        files.remove_if_exists(&tmp)?;
         let tmp_path = files.path().join(&tmp);
         let fd = rustix::fs::openat(
             files.fd(),
@@ -246,6 +246,9 @@ impl Store {
         let result = (|| -> Result<()> {
             let mut f = std::fs::File::from(fd);
             std::io::Write::write_all(&mut f, bytes).map_err(|e| Error::io(&tmp_path, e))?;
+            // Start writing it out now, while other files are hashed; the
+            // fdatasync in `sync_blobs` then finds little left to wait for.
+            start_writeback(&f);
             if is_root() {
                 rustix::fs::fchown(
                     &f,
@@ -266,11 +269,28 @@ impl Store {
         result
     }
 
-    /// Flush everything written to this file system (one syncfs instead of
-    /// an fsync per copied file).
-    pub fn sync(&self) -> Result<()> {
-        rustix::fs::syncfs(self.requests.fd())
-            .map_err(|e| Error::io(self.requests.path(), e.into()))
+    /// Make copies durable before a request refers to them: fdatasync each
+    /// (on the hashing threads), then fsync the directory for the renames.
+    /// Not syncfs: that would wait for every other process's dirty data too.
+    pub fn sync_blobs(
+        &self,
+        files: &DirFd,
+        shas: &[String],
+        pool: Option<&rayon::ThreadPool>,
+    ) -> Result<()> {
+        let results = crate::hash::par_map(pool, shas, |sha| -> Result<()> {
+            let path = files.path().join(sha);
+            let fd = rustix::fs::openat(
+                files.fd(),
+                sha.as_str(),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::io(&path, e.into()))?;
+            rustix::fs::fdatasync(&fd).map_err(|e| Error::io(&path, e.into()))
+        });
+        results.into_iter().collect::<Result<Vec<()>>>()?;
+        rustix::fs::fsync(files.fd()).map_err(|e| Error::io(files.path(), e.into()))
     }
 
     pub fn read_blob(&self, id: &str, sha: &str, max: u64) -> Result<Vec<u8>> {
@@ -324,6 +344,19 @@ impl Store {
             return Err(Error::NotFound { what: path });
         };
         manifest::parse(&bytes).map_err(|message| Error::Manifest { path, message })
+    }
+}
+
+/// Ask the kernel to start writing a file's dirty pages to disk without
+/// waiting (`sync_file_range(SYNC_FILE_RANGE_WRITE)`); a hint, so a failure
+/// is ignored: the fdatasync that follows is what counts.
+fn start_writeback(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is
+    // open for the whole call because `file` is borrowed.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 
