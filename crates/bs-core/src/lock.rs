@@ -43,7 +43,7 @@ impl RunLock {
         let fd = rustix::fs::open(
             &path,
             OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(if owner.is_some() { 0o660 } else { 0o600 }),
+            Mode::from_raw_mode(if owner.is_some() { 0o640 } else { 0o600 }),
         )
         .map_err(|e| CoreError::io(&path, e.into()))?;
         if let Some((uid, gid)) = owner {
@@ -113,5 +113,21 @@ mod tests {
         assert!(msg.contains(&std::process::id().to_string()), "{msg}");
         drop(first);
         RunLock::acquire(&root, Duration::from_millis(300)).unwrap();
+    }
+
+    #[test]
+    fn a_lock_file_for_a_service_account_is_handed_to_it() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.lock");
+        let lock =
+            RunLock::acquire_file(path.clone(), Duration::from_secs(1), Some((10000, 10000)))
+                .unwrap();
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(std::fs::metadata(&path).unwrap().uid(), 10000);
+        }
+        assert!(RunLock::acquire_file(path.clone(), Duration::from_millis(200), None).is_err());
+        drop(lock);
+        RunLock::acquire_file(path, Duration::from_millis(200), None).unwrap();
     }
 }

@@ -243,7 +243,17 @@ impl Ctx<'_> {
                         }),
                     );
                 }
-                Err(Error::NotFound { .. }) => {}
+                Err(Error::NotFound { .. }) => {
+                    // In the manifest, not on disk: say so rather than hide it.
+                    listed += 1;
+                    self.out.emit(
+                        "file",
+                        &json!({
+                            "workspace": ws, "path": path, "releasable": false,
+                            "reasons": ["missing from the workspace"], "manifest": meta,
+                        }),
+                    );
+                }
                 Err(e) => {
                     use bs_core::cli::Report;
                     self.out.error(e.kind(), path, &e.to_string());

@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use bs_core::cli::Global;
 use bs_core::config::{Config, Source};
+use bs_core::plan::Mode;
 use bs_core::safefs::DirFd;
 use bs_core::{Output, Root};
 use serde::Deserialize;
@@ -60,12 +61,15 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
         )));
     }
     match &cli.command {
-        Command::Plan => return setup::run(&root, &config, &cli.global, out, false),
+        Command::Plan => return setup::run(&root, &config, &cli.global, out, Mode::Plan),
+        Command::Check { paths } if paths.is_empty() => {
+            return setup::run(&root, &config, &cli.global, out, Mode::Check)
+        }
         Command::Apply => {
             if ruid != 0 {
                 return Err(Error::Denied("bs-release apply must run as root".into()));
             }
-            return setup::run(&root, &config, &cli.global, out, true);
+            return setup::run(&root, &config, &cli.global, out, Mode::Apply);
         }
         _ => {}
     }

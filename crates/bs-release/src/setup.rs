@@ -21,9 +21,10 @@ pub(crate) fn run(
     config: &Config,
     global: &Global,
     out: &mut Output,
-    apply: bool,
+    mode: Mode,
 ) -> Result<Map<String, Value>> {
-    out.set_mode(if apply { Mode::Apply } else { Mode::Plan });
+    out.set_mode(mode);
+    let apply = mode == Mode::Apply;
     let (uid, gid) = (config.service_account.uid, config.service_account.gid);
     let svc_dir = FileSpec {
         mode: 0o750,

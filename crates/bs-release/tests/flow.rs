@@ -34,6 +34,25 @@ fn an_author_and_two_reviewers_take_a_request_to_released_and_the_audit_log_hold
     files.ok();
     let listed = files.of_type("file");
     assert_eq!(listed.len(), 2);
+    std::fs::rename(
+        sb.ws("ws1").join("output/figure.svg"),
+        sb.dir.path().join("away.svg"),
+    )
+    .unwrap();
+    let missing = sb.run("alice", &["files", "ws1"]);
+    let fig = missing
+        .of_type("file")
+        .into_iter()
+        .find(|f| f["path"] == "output/figure.svg")
+        .unwrap()
+        .clone();
+    assert_eq!(fig["releasable"], false);
+    assert_eq!(fig["reasons"][0], "missing from the workspace");
+    std::fs::rename(
+        sb.dir.path().join("away.svg"),
+        sb.ws("ws1").join("output/figure.svg"),
+    )
+    .unwrap();
     let table = listed
         .iter()
         .find(|f| f["path"] == "output/table.csv")
@@ -700,7 +719,18 @@ fn apply_creates_the_state_directories_and_pins_the_host_config() {
     std::fs::remove_file(sb.root.join("etc/bs/release.env")).unwrap();
     assert!(!sb.root.join("etc/bs/release.toml").exists());
     let mut c = sb.cmd();
+    c.arg("check");
+    let r = Run_of(&mut c);
+    assert_eq!(
+        r.code, 3,
+        "check without paths reports drift: {:?}",
+        r.records
+    );
+    let mut c = sb.cmd();
     c.arg("apply");
+    Run_of(&mut c).ok();
+    let mut c = sb.cmd();
+    c.arg("check");
     Run_of(&mut c).ok();
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(sb.root.join("var/lib/bs/release")).unwrap();
