@@ -531,7 +531,9 @@ impl Ctx<'_> {
             &now,
         )?;
         // The vote is for what is in the request, and that must still be the job's output.
-        let f = &req.files[path];
+        let f = req.files.get(path).ok_or_else(|| Error::NotFound {
+            what: format!("{path} in request {id}"),
+        })?;
         self.verify_copy(&req, path, f)?;
         let ws_dir = self.store.workspace(&req.workspace)?;
         let manifest = self.store.manifest(&ws_dir)?;

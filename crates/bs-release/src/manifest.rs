@@ -111,6 +111,23 @@ mod tests {
     }
 
     #[test]
+    fn reads_the_manifest_bs_jobs_writes() {
+        // The shape of bs-jobs' finalize::Manifest: actions, string timestamps, "" messages.
+        let sha = "a".repeat(64);
+        let text = format!(
+            r#"{{"workspace":"w","actions":{{"gen":{{"job_id":"j","status":"succeeded"}}}},
+            "outputs":{{"output/t.csv":{{"level":"moderately_sensitive","job_id":"j","action":"gen",
+            "commit":"c","size":5,"timestamp":"2026-11-22T06:00:00.000000000Z","sha256":"{sha}",
+            "excluded":false,"message":"","row_count":1,"col_count":1}}}}}}"#
+        );
+        let m = parse(text.as_bytes()).unwrap();
+        let t = &m.outputs["output/t.csv"];
+        assert_eq!(t.not_releasable(), None);
+        assert_eq!(t.date().unwrap(), "2026-11-22T06:00:00.000000000Z");
+        assert_eq!(t.row_count, Some(1));
+    }
+
+    #[test]
     fn highly_sensitive_and_excluded_outputs_are_not_releasable() {
         let h = OutputMeta {
             level: "highly_sensitive".into(),

@@ -134,7 +134,9 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
     let mut failed = 0usize;
     let mut uploaded = 0usize;
     for path in paths {
-        let f = req.files[&path].clone();
+        let Some(f) = req.files.get(&path).cloned() else {
+            continue;
+        };
         if f.upload.is_some() {
             continue;
         }
