@@ -667,6 +667,23 @@ impl Queue {
         Ok(State::Queued)
     }
 
+    /// Remove temp files a killed `submit` left in queue/ and ledger/.
+    /// Call with the lock held: every writer there holds it too, so none
+    /// of these is in use. Returns how many went.
+    pub fn sweep_temps(&self, _lock: &QueueLock) -> Result<usize> {
+        let mut n = 0;
+        for dir in [&self.queue, &self.ledger, &self.outbox] {
+            for (name, kind) in dir.entries()? {
+                let b = name.as_bytes();
+                if kind == Kind::File && b.starts_with(b".") && b.ends_with(b".bs-tmp") {
+                    dir.remove_if_exists(&name)?;
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// Drop `running/NAME` when the same entry already landed in done/ or
     /// failed/ (a crash between the two steps of [`Queue::finish`]).
     pub fn finished_copy_exists(&self, name: &OsStr) -> Result<bool> {

@@ -177,6 +177,7 @@ pub struct Recovered {
 pub fn recover(ctx: &Ctx<'_>) -> Result<Vec<Recovered>> {
     let queue = ctx.queue;
     let lock = queue.lock()?;
+    queue.sweep_temps(&lock)?;
     let mut done = Vec::new();
     for name in queue.names(State::Running)? {
         let entry = match queue.read(State::Running, &name)? {

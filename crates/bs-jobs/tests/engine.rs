@@ -359,6 +359,13 @@ fn a_malformed_entry_goes_to_failed_and_the_next_job_still_runs() {
     require_engine();
     let sb = Sandbox::new("malformed", "");
     sb.submit(&sb.job("fine", &["true"]));
+    // A temp file a killed submit left: swept at worker start, never run.
+    std::fs::write(
+        sb.jobs_dir("queue")
+            .join(".00000000000000000001-x.json.99.bs-tmp"),
+        b"{",
+    )
+    .unwrap();
     // Sorts before the real entry, so the worker meets it first.
     std::fs::write(
         sb.jobs_dir("queue")
@@ -382,6 +389,10 @@ fn a_malformed_entry_goes_to_failed_and_the_next_job_still_runs() {
         "{wrapped:#}"
     );
     assert_eq!(sb.finished("fine").0, "done");
+    assert!(!sb
+        .jobs_dir("queue")
+        .join(".00000000000000000001-x.json.99.bs-tmp")
+        .exists());
     let (_, ls, _) = sb.run(&["ls", "--state", "failed"]);
     assert_eq!(of_type(&ls, "job")[0]["malformed"], true);
 }
