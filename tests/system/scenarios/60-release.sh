@@ -50,6 +50,8 @@ assert_eq "root 644" "$(st_exec stat -c '%U %a' /etc/bs/release.toml)" "host pin
 assert_contains "$(st_exec cat /etc/bs/release.toml)" 'backend = "test"' "pinned backend"
 st_tool bs-release --repo /opt/bs --backend test plan
 assert_json_eq 'select(.type=="summary") | .changed' 0 "$ST_JSON" "a second plan has nothing to do"
+st_tool bs-release --repo /opt/bs --backend test check
+assert_eq 0 "$ST_RC" "check without paths finds no drift after apply"
 # The token, in the service account's own 0600 file (apply made it; we fill it in).
 st_sh 'echo RELEASE_TOKEN=systest-release-token >/etc/bs/release.env'
 assert_eq "opensafely 600" "$(st_exec stat -c '%U %a' /etc/bs/release.env)" "token file"
@@ -150,6 +152,13 @@ assert_eq "$(st_exec sha256sum </srv/medium_privacy/workspaces/ws1/output/table.
 assert_contains "$(st_exec cat /tmp/fake-release.log)" '["/releases/workspace/ws1", "test-reviewer"]' \
     "the release was created with the checker as OS-User"
 assert_not_contains "$(cat "$ST_LOG_DIR/tools.log")" "systest-release-token" "the token is never printed"
+
+st_step "sync-level4 pushes the released files one way (root, as TPP's cron would)"
+st_exec mkdir -p /srv/level4
+st_tool bs-release --repo /opt/bs --backend test sync-level4 --to /srv/level4
+assert_eq 0 "$ST_RC" "sync-level4"
+assert_eq "$(st_exec sha256sum </srv/medium_privacy/workspaces/ws1/output/small.csv)" \
+    "$(st_exec sha256sum </srv/level4/ws1/output/small.csv)" "the level-4 copy"
 
 st_step "the audit log holds every step, with the sudo user"
 as test-reviewer audit
