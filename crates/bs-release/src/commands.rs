@@ -595,6 +595,8 @@ impl Ctx<'_> {
         for id in self.store.ids()? {
             let req = match self.store.load(&id) {
                 Ok(r) => r,
+                // A directory left by a `create` killed before its first write.
+                Err(Error::NotFound { .. }) => continue,
                 Err(e) => {
                     use bs_core::cli::Report;
                     self.out.error(e.kind(), &id, &e.to_string());
