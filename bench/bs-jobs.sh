@@ -39,7 +39,6 @@ t2=$(now)
 done_count=$(find "$work/root/var/lib/bs/jobs/done" -name '*.json' | wc -l)
 [ "$done_count" -eq "$jobs" ] || { echo "bench: only $done_count of $jobs jobs done" >&2; exit 1; }
 
-docker_total=0
 for ((i = 0; i < 5; i++)); do docker run --rm --network none "$image" true; done # warm up
 d0=$(now)
 for ((i = 0; i < rounds; i++)); do docker run --rm --network none "$image" true; done
