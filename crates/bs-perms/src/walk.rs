@@ -94,11 +94,19 @@ impl Differs {
     }
 }
 
-fn strip_mask(acl: &Acl) -> Vec<crate::acl::Entry> {
+/// The entries without the mask, each with the rights it really grants.
+/// Compared this way, a file that inherited `group:reviewers:r-x` from a
+/// default ACL under a 0640 mode (mask `r--`) is not drift: its reviewers
+/// get exactly `r--`, as configured. A mask that would let the `x` through
+/// is still drift, reported as `mask`.
+fn effective_entries(acl: &Acl) -> Vec<crate::acl::Entry> {
     acl.entries()
         .iter()
         .filter(|e| e.tag != crate::acl::Tag::Mask)
-        .copied()
+        .map(|e| crate::acl::Entry {
+            perm: acl.effective(e),
+            ..*e
+        })
         .collect()
 }
 
@@ -164,7 +172,7 @@ pub fn evaluate(policy: &Policy, is_dir: bool, have: &State) -> (Want, Differs) 
         acl: want
             .access
             .as_ref()
-            .is_some_and(|w| strip_mask(w) != strip_mask(&have.access)),
+            .is_some_and(|w| effective_entries(w) != effective_entries(&have.access)),
         mask: want
             .access
             .as_ref()

@@ -47,7 +47,7 @@ fn sudoers_files_are_rendered_validated_installed_0440_and_idempotent() {
         "{defaults}"
     );
     let services = std::fs::read_to_string(sb.p("/etc/sudoers.d/bs-services")).unwrap();
-    assert!(services.contains("%opensafely ALL=(root) NOPASSWD: /usr/bin/systemctl start bs-jobs.service, /usr/bin/systemctl stop bs-jobs.service,"), "{services}");
+    assert!(services.contains("%opensafely ALL=(root) NOPASSWD: /usr/bin/systemctl start bs-jobs-poller.service, /usr/bin/systemctl stop bs-jobs-poller.service,"), "{services}");
     assert!(!services.contains('*'));
     // Every installed file passes visudo as installed.
     for name in ["backup", "bs-defaults", "bs-developers", "bs-services"] {

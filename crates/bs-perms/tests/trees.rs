@@ -94,6 +94,36 @@ fn check_exits_3_on_drift_names_what_differs_and_0_when_clean() {
 }
 
 #[test]
+fn a_file_created_0640_under_the_default_acl_is_not_drift() {
+    let sb = Sandbox::new(TREES_ONLY);
+    assert_eq!(sb.run(&["apply"]).code, 0);
+    // As a job writes its outputs: owned by the service account, 0640. It
+    // inherits group:reviewers:r-x from the default ACL, masked to r--.
+    let f = sb.p("/srv/medium_privacy/workspaces/table.csv");
+    let f_str = f.to_str().unwrap();
+    let wrote = as_user(
+        OPENSAFELY,
+        OPENSAFELY,
+        &[],
+        &["sh", "-c", "umask 027 && echo a,b > \"$0\"", f_str],
+    );
+    assert!(wrote.status.success(), "{wrote:?}");
+    let facl = Command::new("getfacl").args(["-cpn"]).arg(&f).output().unwrap();
+    let text = String::from_utf8(facl.stdout).unwrap();
+    assert!(text.contains(&format!("group:{REVIEWERS}:r-x")), "{text}");
+    assert!(text.contains("mask::r--"), "{text}");
+    let check = sb.run(&["check"]);
+    assert_eq!(check.code, 0, "{:?}", check.records);
+    // A mask that lets the inherited x through is drift.
+    let chmod = Command::new("chmod").arg("0650").arg(&f).status().unwrap();
+    assert!(chmod.success());
+    let check = sb.run(&["check"]);
+    assert_eq!(check.code, 3, "{:?}", check.records);
+    let rec = check.path("/srv/medium_privacy/workspaces/table.csv").unwrap();
+    assert!(rec["differs"].as_array().unwrap().iter().any(|d| d == "mask"), "{rec}");
+}
+
+#[test]
 fn a_private_file_a_container_wrote_is_readable_by_a_reviewer_after_apply() {
     let sb = Sandbox::new(TREES_ONLY);
     assert_eq!(sb.run(&["apply"]).code, 0);
