@@ -128,7 +128,15 @@ pub fn converge(
             );
         }
     }
-    if mode == Mode::Apply && wrote {
+    // sd_booted(3): without /run/systemd/system systemd is not the init
+    // (a container, a chroot); the units are in place for when it is.
+    if mode == Mode::Apply && wrote && root.is_live() && !Path::new("/run/systemd/system").exists()
+    {
+        out.emit(
+            "note",
+            &serde_json::json!({"target": "systemd", "message": "systemd is not running here: units written, not enabled"}),
+        );
+    } else if mode == Mode::Apply && wrote {
         let cmds = [
             Cmd::new("systemctl").arg("daemon-reload").host(),
             Cmd::new("systemctl")

@@ -313,7 +313,17 @@ pub fn apply(
             _ => {}
         }
     }
-    if systemd_changed {
+    // sd_booted(3): without /run/systemd/system systemd is not the init
+    // (a container, a chroot); the units are in place for when it is.
+    if systemd_changed
+        && run.root.is_live()
+        && !std::path::Path::new("/run/systemd/system").exists()
+    {
+        out.emit(
+            "note",
+            &json!({"target": "systemd", "message": "systemd is not running here: units written, not enabled"}),
+        );
+    } else if systemd_changed {
         let enable = run.config.users.refresh == bs_core::config::RefreshMode::Systemd;
         let mut cmds = vec![Cmd::new("systemctl").arg("daemon-reload").host()];
         if enable {
