@@ -150,7 +150,13 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>, Error> {
             // Under a sandbox root the only chronyd around is the host's,
             // which is not what the sandbox is about, unless a chronyd to
             // ask was named explicitly.
-            if !ctx.live && ctx.cfg.chronyc_host.is_empty() {
+            if !ctx.cfg.check_clock {
+                out.emit(
+                    "clock_skipped",
+                    &serde_json::json!({"target": ctx.cfg.service,
+                        "reason": "[chrony] check_clock = false: chrony is not this host's clock service"}),
+                );
+            } else if !ctx.live && ctx.cfg.chronyc_host.is_empty() {
                 out.emit(
                     "clock_skipped",
                     &serde_json::json!({"target": ctx.cfg.service,

@@ -136,8 +136,9 @@ fn check_exits_3_when_the_refclock_is_configured_but_not_selected() {
 fn check_exits_3_when_chronyd_is_not_synchronised() {
     let chronyd = Chronyd::start("");
     let sb = Sandbox::new(DEBIAN_CONF);
+    // The test backend leaves the clock alone; this host asks for it.
     sb.local_toml(&format!(
-        "[chrony]\nchronyc_host = \"{}\"\n",
+        "[chrony]\ncheck_clock = true\nchronyc_host = \"{}\"\n",
         chronyd.socket()
     ));
     let (code, recs) = sb.run("test", &["check"]);
@@ -148,11 +149,28 @@ fn check_exits_3_when_chronyd_is_not_synchronised() {
 }
 
 #[test]
+fn check_clock_off_skips_the_clock_but_still_checks_the_config() {
+    let chronyd = Chronyd::start("");
+    let sb = Sandbox::new(DEBIAN_CONF);
+    sb.local_toml(&format!(
+        "[chrony]\ncheck_clock = false\nchronyc_host = \"{}\"\n",
+        chronyd.socket()
+    ));
+    let (code, recs) = sb.run("test", &["check"]);
+    assert_eq!(code, 0, "{recs:#?}");
+    assert!(
+        recs.iter().any(|r| r["type"] == "clock_skipped"),
+        "{recs:#?}"
+    );
+    assert!(recs.iter().any(|r| r["type"] == "chrony_conf"), "{recs:#?}");
+}
+
+#[test]
 fn a_chronyd_that_does_not_answer_is_an_error_not_a_healthy_clock() {
     let chronyd = Chronyd::start("local stratum 3");
     let sb = Sandbox::new(DEBIAN_CONF);
     sb.local_toml(&format!(
-        "[chrony]\nchronyc_host = \"{}/gone.sock\"\n",
+        "[chrony]\ncheck_clock = true\nchronyc_host = \"{}/gone.sock\"\n",
         chronyd.dir.path().display()
     ));
     let (code, recs) = sb.run("test", &["check"]);
