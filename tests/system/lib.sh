@@ -296,9 +296,89 @@ assert_json_eq() {
         st_fail "$what: jq '$filter' gave '$actual', expected '$expected'"$'\n'"on: $json"
 }
 
+# --- logins and background services (added for the bs-users scenarios; others may use them) ---
+
+# st_wait_port PORT: wait (up to 10 s) until something in the current container listens on PORT.
+st_wait_port() { st__wait_port "$1"; }
+
+# st_exec_bg CMD...: start argv as root in the current container and do not wait for it (a fake
+# server, a daemon). It runs until the container goes.
+st_exec_bg() { docker exec -d "$ST_C" "$@"; }
+
+# st_fixture_key LOGIN: install the checkout's tests/fixtures/ssh/LOGIN (a private key whose
+# public half is keys/LOGIN) as /root/keys/LOGIN, mode 0600 as ssh wants, and print that path.
+st_fixture_key() {
+    docker exec "$ST_C" sh -c 'install -d -m 700 /root/keys &&
+        install -m 600 "/opt/bs/tests/fixtures/ssh/$1" "/root/keys/$1"' sh "$1" ||
+        st_fail "cannot install the fixture key of $1" || return 1
+    printf '/root/keys/%s\n' "$1"
+}
+
+# st_new_key NAME: make a fresh ed25519 key pair /root/keys/NAME(.pub) in the current container
+# and print the private key's path.
+st_new_key() {
+    docker exec "$ST_C" sh -c 'install -d -m 700 /root/keys && rm -f "/root/keys/$1" "/root/keys/$1.pub" &&
+        ssh-keygen -q -t ed25519 -N "" -C "$1" -f "/root/keys/$1"' sh "$1" ||
+        st_fail "cannot make key $1" || return 1
+    printf '/root/keys/%s\n' "$1"
+}
+
+# st_sshd_count TEXT: how many lines of the container's sshd log contain TEXT.
+st_sshd_count() {
+    local n
+    n=$(docker exec "$ST_C" grep -cF -- "$1" /var/log/sshd.log) || true
+    printf '%s\n' "${n:-0}"
+}
+
+# st_first_login KEY USER: the first login of a user bs-users created (empty, expired password).
+# Asserts that sshd accepts the key (its log names the key's fingerprint) and then demands a new
+# password, which a non-interactive ssh cannot give; then sets a password as the person would at
+# that prompt (chpasswd as root) and keeps it in ST_PASSWORD. Call it directly, not in $(...).
+ST_PASSWORD=""
+st_first_login() {
+    local key=$1 user=$2 fp accepted before out rc=0 i
+    fp=$(docker exec "$ST_C" ssh-keygen -lf "$key" | awk '{ print $2 }')
+    [[ -n $fp ]] || st_fail "cannot read the fingerprint of $key" || return 1
+    accepted="Accepted publickey for $user from 127.0.0.1"
+    before=$(st_sshd_count "$accepted")
+    st_step "first login of $user: key accepted, then a new password demanded"
+    out=$(st_ssh "$key" "$user" id 2>&1) || rc=$?
+    ((rc != 0)) || st_fail "first login of $user succeeded with no password change: $out" ||
+        return 1
+    assert_contains "$out" "Password change required" \
+        "the first login of $user demands a new password" || return 1
+    for ((i = 0; i < 20; i++)); do
+        (($(st_sshd_count "$accepted") > before)) && break
+        sleep 0.1
+    done
+    (($(st_sshd_count "$accepted") > before)) ||
+        st_fail "sshd did not log '$accepted' for the first login" || return 1
+    assert_contains "$(docker exec "$ST_C" grep -F -- "$accepted" /var/log/sshd.log | tail -n 1)" \
+        "$fp" "sshd accepted the key $key ($fp)" || return 1
+    ST_PASSWORD="St-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    printf '%s:%s\n' "$user" "$ST_PASSWORD" | docker exec -i "$ST_C" chpasswd ||
+        st_fail "chpasswd for $user failed" || return 1
+}
+
+# st_summaries: the summary records of the last st_tool, one a line (compact JSON).
+st_summaries() { jq -c 'select(.type == "summary")' <<<"$ST_JSON"; }
+
+# assert_json_lines JSON WHAT: every line of JSON is a JSON object with string "tool" and "type".
+assert_json_lines() {
+    local line n=0
+    while IFS= read -r line; do
+        n=$((n + 1))
+        jq -e 'type == "object" and (.tool | type == "string") and (.type | type == "string")' \
+            <<<"$line" >/dev/null 2>&1 ||
+            st_fail "$2: line $n is not a JSON object with \"tool\" and \"type\": $line" || return 1
+    done <<<"$1"
+    ((n > 0)) || st_fail "$2: no output at all"
+}
+
 # --- what a failed scenario leaves behind --------------------------------------------------------
 
 # Print the last tool output and every container's relevant logs (called at exit on failure).
+# A scenario may name more files to show in ST_DUMP_FILES (space-separated container paths).
 st_dump() {
     local c f
     printf '=== last tool stdout (%s) ===\n' "$ST_LAST_JSON"
@@ -310,7 +390,8 @@ st_dump() {
     for c in $(st__ours container); do
         printf '=== %s: docker logs ===\n' "$c"
         docker logs --tail 50 "$c" 2>&1 || true
-        for f in /var/log/sshd.log /var/log/auth.log /var/log/sudo.log /var/log/syslog; do
+        for f in /var/log/sshd.log /var/log/auth.log /var/log/sudo.log /var/log/syslog \
+            ${ST_DUMP_FILES:-}; do
             docker exec "$c" sh -c '[ -s "$1" ] && echo "=== '"$c"': $1 ===" && tail -n 50 "$1"' \
                 sh "$f" 2>/dev/null || true
         done
