@@ -241,7 +241,7 @@ impl DirFd {
     }
 
     /// Whether `name` is a regular file with exactly these bytes, owner and mode.
-    fn file_is(&self, name: &OsStr, contents: &[u8], spec: &FileSpec) -> Result<bool> {
+    pub fn file_is(&self, name: &OsStr, contents: &[u8], spec: &FileSpec) -> Result<bool> {
         match self.read_file(name, contents.len() as u64) {
             Ok(Some((bytes, st))) => Ok(bytes == contents
                 && st.st_mode & 0o7777 == spec.mode
@@ -367,6 +367,19 @@ pub fn ensure_dir_all(path: &Path, spec: &FileSpec) -> Result<()> {
     let (dir, name) = split(path)?;
     DirFd::open(dir)?.ensure_subdir(name, spec)?;
     Ok(())
+}
+
+/// Whether the file at `path` is a regular file with exactly these bytes,
+/// owner and mode (false when it or its directory does not exist).
+pub fn is_current(path: &Path, contents: &[u8], spec: &FileSpec) -> Result<bool> {
+    let (dir, name) = split(path)?;
+    match DirFd::open(dir) {
+        Ok(d) => d.file_is(name, contents, spec),
+        Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Remove a file at `path` if it exists (not through a symlinked parent).

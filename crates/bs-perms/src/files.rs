@@ -39,27 +39,6 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Whether `host` is a regular file with exactly these bytes, owner and mode.
-pub fn is_current(host: &Path, contents: &[u8], spec: &FileSpec) -> Result<bool, CoreError> {
-    let (dir, name) = safefs::split(host)?;
-    let dir = match DirFd::open(dir) {
-        Ok(d) => d,
-        Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(false)
-        }
-        Err(e) => return Err(e),
-    };
-    match dir.read_file(name, contents.len() as u64) {
-        Ok(Some((bytes, st))) => Ok(bytes == contents
-            && st.st_mode & 0o7777 == spec.mode
-            && st.st_uid == spec.uid
-            && st.st_gid == spec.gid),
-        Ok(None) => Ok(false),
-        Err(CoreError::Unsafe { .. }) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
 /// Read a file under the root if it exists (refusing a symlink at its name).
 pub fn read_existing(
     host: &Path,
@@ -86,7 +65,7 @@ pub fn converge(
 ) -> Outcome {
     let host = ctx.root.join(&file.target);
     let sha256 = sha256_hex(&file.contents);
-    match is_current(&host, &file.contents, &file.spec) {
+    match safefs::is_current(&host, &file.contents, &file.spec) {
         Ok(true) => {
             out.item("file", false, &json!({"action": "write", "target": file.target, "kind": file.kind, "sha256": sha256}));
             return Outcome::Unchanged;

@@ -108,7 +108,11 @@ fn a_file_created_0640_under_the_default_acl_is_not_drift() {
         &["sh", "-c", "umask 027 && echo a,b > \"$0\"", f_str],
     );
     assert!(wrote.status.success(), "{wrote:?}");
-    let facl = Command::new("getfacl").args(["-cpn"]).arg(&f).output().unwrap();
+    let facl = Command::new("getfacl")
+        .args(["-cpn"])
+        .arg(&f)
+        .output()
+        .unwrap();
     let text = String::from_utf8(facl.stdout).unwrap();
     assert!(text.contains(&format!("group:{REVIEWERS}:r-x")), "{text}");
     assert!(text.contains("mask::r--"), "{text}");
@@ -119,8 +123,17 @@ fn a_file_created_0640_under_the_default_acl_is_not_drift() {
     assert!(chmod.success());
     let check = sb.run(&["check"]);
     assert_eq!(check.code, 3, "{:?}", check.records);
-    let rec = check.path("/srv/medium_privacy/workspaces/table.csv").unwrap();
-    assert!(rec["differs"].as_array().unwrap().iter().any(|d| d == "mask"), "{rec}");
+    let rec = check
+        .path("/srv/medium_privacy/workspaces/table.csv")
+        .unwrap();
+    assert!(
+        rec["differs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d == "mask"),
+        "{rec}"
+    );
 }
 
 #[test]
