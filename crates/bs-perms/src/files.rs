@@ -111,6 +111,32 @@ pub fn converge(
 }
 
 /// A private scratch directory for validating generated config; removed on drop.
+/// Run a validator (`visudo -cf`, `sshd -t`) on a candidate file, keep
+/// what ran for the records, and turn a refusal into `(reject_kind,
+/// "<what> refused it: <stderr>")`. A validator that cannot run at all is
+/// `(spawn_kind, why)`: the candidate is then not installed either.
+pub fn run_validator(
+    ctx: &RunCtx<'_>,
+    log: &mut Vec<bs_core::cmd::Ran>,
+    cmd: &bs_core::cmd::Cmd,
+    spawn_kind: &'static str,
+    reject_kind: &'static str,
+    what: &str,
+) -> Result<(), (&'static str, String)> {
+    let ran = ctx
+        .runner
+        .run(cmd)
+        .map_err(|e| (spawn_kind, e.to_string()))?;
+    let ok = ran.success();
+    let stderr = ran.stderr.trim().to_string();
+    log.push(ran);
+    if ok {
+        Ok(())
+    } else {
+        Err((reject_kind, format!("{what} refused it: {stderr}")))
+    }
+}
+
 pub struct Scratch {
     pub path: std::path::PathBuf,
 }

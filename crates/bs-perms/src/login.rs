@@ -114,22 +114,16 @@ fn sshd_check(
     }
     let main_path = scratch.path.join("sshd_config");
     std::fs::write(&main_path, main).map_err(|e| ("io", e.to_string()))?;
-    let ran = ctx
-        .runner
-        .run(
-            &Cmd::new("sshd")
-                .args(["-t", "-f"])
-                .arg(main_path.to_string_lossy()),
-        )
-        .map_err(|e| ("sshd_validate", e.to_string()))?;
-    let ok = ran.success();
-    let stderr = ran.stderr.trim().to_string();
-    log.push(ran);
-    if ok {
-        Ok(())
-    } else {
-        Err(("sshd_rejected", format!("sshd -t refused it: {stderr}")))
-    }
+    files::run_validator(
+        ctx,
+        log,
+        &Cmd::new("sshd")
+            .args(["-t", "-f"])
+            .arg(main_path.to_string_lossy()),
+        "sshd_validate",
+        "sshd_rejected",
+        "sshd -t",
+    )
 }
 
 /// Tell a running sshd to re-read its config (live host only: `.host()`).

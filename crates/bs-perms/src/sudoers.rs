@@ -158,25 +158,16 @@ fn visudo_check(
     let scratch = Scratch::new().map_err(|e| ("io", e))?;
     let file = scratch.path.join("rule");
     std::fs::write(&file, contents).map_err(|e| ("io", format!("{}: {e}", file.display())))?;
-    let ran = ctx
-        .runner
-        .run(
-            &Cmd::new("visudo")
-                .args(["-c", "-f"])
-                .arg(file.to_string_lossy()),
-        )
-        .map_err(|e| ("visudo", e.to_string()))?;
-    let ok = ran.success();
-    let stderr = ran.stderr.trim().to_string();
-    log.push(ran);
-    if ok {
-        Ok(())
-    } else {
-        Err((
-            "visudo_rejected",
-            format!("visudo -cf refused it: {stderr}"),
-        ))
-    }
+    files::run_validator(
+        ctx,
+        log,
+        &Cmd::new("visudo")
+            .args(["-c", "-f"])
+            .arg(file.to_string_lossy()),
+        "visudo",
+        "visudo_rejected",
+        "visudo -cf",
+    )
 }
 
 pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {
