@@ -5,6 +5,7 @@ mod common;
 
 use common::{sha256, FakeServer, Sandbox};
 use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
 
 const TABLE: &[u8] = b"group,count\nA,120\nB,45\n";
 const FIGURE: &[u8] = b"<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>\n";
@@ -381,6 +382,69 @@ fn adding_checks_the_manifest_the_level_links_and_the_size_limit() {
         vec!["output/figure.svg"]
     );
     assert!(sb.audit().iter().any(|e| e["action"] == "add_refused"));
+}
+
+/// Copies are written with direct I/O in whole 4 KiB blocks and then cut to
+/// length: every size around a block boundary must come out byte for byte.
+#[test]
+fn copies_are_byte_identical_at_every_block_boundary_and_leave_no_temp() {
+    let (sb, _server) = setup();
+    let sizes = [0usize, 1, 511, 4095, 4096, 4097, 8192 + 100, (1 << 20) + 3];
+    let files: Vec<(String, Vec<u8>)> = sizes
+        .iter()
+        .map(|&n| {
+            let bytes = (0..n).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+            (format!("output/f{n}.txt"), bytes)
+        })
+        .collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    sb.outputs("ws1", &refs);
+    // One output is changed after its job: hashed, found wrong, its copy discarded.
+    std::fs::write(sb.ws("ws1").join("output/f1.txt"), b"Z").unwrap();
+
+    let r = sb.run("alice", &["request", "create", "ws1"]);
+    let id = r.summary()["id"].as_str().unwrap().to_string();
+    let mut args = vec!["request", "add", id.as_str()];
+    args.extend(refs.iter().map(|(p, _)| *p));
+    let r = sb.run("alice", &args);
+    assert_eq!(r.code, 1, "one output no longer matches its manifest");
+    assert_eq!(r.error_kinds(), vec!["file_changed"]);
+    assert_eq!(r.summary()["changed"], sizes.len() as u64 - 1);
+
+    let store = sb.medium().join("requests").join(&id).join("files");
+    let req = sb.request_json(&id);
+    for (path, bytes) in &files {
+        if path == "output/f1.txt" {
+            assert!(req["files"].get(path).is_none());
+            continue;
+        }
+        let sha = req["files"][path]["sha256"].as_str().unwrap();
+        assert_eq!(sha, sha256(bytes), "{path}");
+        let copy = store.join(sha);
+        assert_eq!(
+            &std::fs::read(&copy).unwrap(),
+            bytes,
+            "{path}: the copy's bytes"
+        );
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640, "{path}");
+    }
+    let names: Vec<String> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names.len(),
+        sizes.len() - 1,
+        "one copy per kept output, nothing else: {names:?}"
+    );
+    assert!(
+        names.iter().all(|n| !n.starts_with('.')),
+        "no temp left: {names:?}"
+    );
 }
 
 #[test]

@@ -38,8 +38,12 @@ pub struct ReleaseConfig {
     pub retry_delay_ms: u64,
     /// Total time allowed for one HTTP call to the release server, in seconds.
     pub upload_timeout_secs: u64,
-    /// Hashing threads for `files` and `request add`; 0 = one per CPU.
+    /// Hashing threads for `files`; 0 = one per CPU.
     pub hash_threads: usize,
+    /// Threads for `request add`, which copies, hashes and checks each file
+    /// at once; the copies wait for the disk, so more threads than CPUs keep
+    /// both the CPUs and the disk's queue busy. 0 = eight per CPU.
+    pub copy_threads: usize,
 }
 
 impl Default for ReleaseConfig {
@@ -64,6 +68,7 @@ impl Default for ReleaseConfig {
             retry_delay_ms: 1000,
             upload_timeout_secs: 300,
             hash_threads: 0,
+            copy_threads: 0,
         }
     }
 }
