@@ -285,7 +285,10 @@ mod tests {
 
     #[test]
     fn doubled_quotes_text_after_a_quote_and_an_unclosed_quote_parse() {
-        let mut r = Records::new(b"\"say \"\"hi\"\"\",\"a\"b,x\r\n\"open, to the end\nstill", b',');
+        let mut r = Records::new(
+            b"\"say \"\"hi\"\"\",\"a\"b,x\r\n\"open, to the end\nstill",
+            b',',
+        );
         let mut fields = Vec::new();
         assert!(r.next_into(&mut fields));
         let want: Vec<Cow<'_, [u8]>> = vec![
@@ -295,7 +298,10 @@ mod tests {
         ];
         assert_eq!(fields, want);
         assert!(r.next_into(&mut fields));
-        assert_eq!(fields, vec![Cow::<[u8]>::Owned(b"open, to the end\nstill".to_vec())]);
+        assert_eq!(
+            fields,
+            vec![Cow::<[u8]>::Owned(b"open, to the end\nstill".to_vec())]
+        );
         assert!(!r.next_into(&mut fields));
     }
 
