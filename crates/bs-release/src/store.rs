@@ -250,14 +250,16 @@ impl Store {
         let create = |extra: OFlags| {
             rustix::fs::openat(files.fd(), &name, flags | extra, Mode::from_raw_mode(0o600))
         };
-        // A file system without direct I/O (tmpfs before Linux 6.6, some
-        // FUSE and network file systems) refuses the flag at open.
+        // A file system without direct I/O (ramfs, tmpfs before Linux 6.6,
+        // some FUSE and network file systems) refuses the flag at open, but
+        // only after it created the file: that empty temp of ours goes first.
         let (fd, direct) = match create(OFlags::DIRECT) {
             Ok(fd) => (fd, true),
-            Err(Errno::INVAL) => (
-                create(OFlags::empty()).map_err(|e| Error::io(&path, e.into()))?,
-                false,
-            ),
+            Err(Errno::INVAL) => {
+                files.remove_if_exists(&name)?;
+                let fd = create(OFlags::empty()).map_err(|e| Error::io(&path, e.into()))?;
+                (fd, false)
+            }
             Err(e) => return Err(Error::io(&path, e.into())),
         };
         let copy = TempCopy { name, path };

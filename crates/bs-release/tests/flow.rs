@@ -447,6 +447,51 @@ fn copies_are_byte_identical_at_every_block_boundary_and_leave_no_temp() {
     );
 }
 
+/// Unmounts what it mounted, also when the test fails.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// ramfs has no direct I/O (open with O_DIRECT is EINVAL there, as on some
+/// FUSE and network file systems): the copies are then written plainly.
+#[test]
+fn copies_on_a_file_system_without_direct_io_are_written_plainly() {
+    let (sb, _server) = setup();
+    let requests = sb.medium().join("requests");
+    std::fs::create_dir_all(&requests).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "ramfs", "bs-test-ramfs"])
+        .arg(&requests)
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "mounting a ramfs needs root (the tests run as root)"
+    );
+    let _mounted = Mounted(requests.clone());
+    let odd = vec![b'7'; 3 * 4096 + 5];
+    sb.outputs("ws1", &[("output/odd.txt", &odd)]);
+
+    let r = sb.run("alice", &["request", "create", "ws1"]);
+    let id = r.summary()["id"].as_str().unwrap().to_string();
+    sb.run("alice", &["request", "add", &id, "output/odd.txt"])
+        .ok();
+    let sha = sha256(&odd);
+    let copy = requests.join(&id).join("files").join(&sha);
+    assert_eq!(std::fs::read(&copy).unwrap(), odd);
+    assert_eq!(
+        sb.request_json(&id)["files"]["output/odd.txt"]["sha256"],
+        sha.as_str()
+    );
+}
+
 #[test]
 fn a_publish_that_fails_mid_upload_resumes_where_it_stopped() {
     let (sb, server) = setup();
