@@ -1,6 +1,8 @@
 //! The changes bs-docker makes, as data: the plan, the records, and the
 //! input of `apply --plan`.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +22,9 @@ pub enum Change {
         internal: bool,
         icc: bool,
         subnet: Option<String>,
+        /// Absent in plans written before networks had labels.
+        #[serde(default)]
+        labels: BTreeMap<String, String>,
     },
     /// The network differs from its declaration.
     RecreateNetwork {

@@ -449,6 +449,7 @@ fn plan_networks(engine: &Engine, config: &Config, out: &mut Output, planned: &m
                     internal: spec.internal,
                     icc: spec.icc,
                     subnet: spec.subnet.clone(),
+                    labels: spec.labels.clone(),
                 },
                 name: name.clone(),
             }),

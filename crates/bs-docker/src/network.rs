@@ -48,6 +48,18 @@ pub fn differences(spec: &NetworkSpec, n: &Network) -> Vec<String> {
     if icc != spec.icc {
         out.push(format!("icc is {icc}, declared {}", spec.icc));
     }
+    let have = n.labels.as_ref();
+    for (key, want) in &spec.labels {
+        // bs-docker sets its own `bs.managed-by` over a declared one.
+        if key == labels::MANAGED_BY {
+            continue;
+        }
+        match have.and_then(|l| l.get(key)) {
+            Some(v) if v == want => {}
+            Some(v) => out.push(format!("label {key} is {v:?}, declared {want:?}")),
+            None => out.push(format!("label {key} is missing, declared {want:?}")),
+        }
+    }
     if let Some(want) = &spec.subnet {
         let subnets: Vec<String> = n
             .ipam
@@ -80,7 +92,7 @@ pub fn attached(n: &Network) -> Vec<String> {
 pub fn create(engine: &Engine, name: &str, spec: &NetworkSpec) -> Result<(), EngineError> {
     let mut options = HashMap::new();
     options.insert(ICC_OPTION.to_string(), spec.icc.to_string());
-    let mut net_labels = HashMap::new();
+    let mut net_labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
     net_labels.insert(labels::MANAGED_BY.to_string(), "bs-docker".to_string());
     let req = NetworkCreateRequest {
         name: name.to_string(),
@@ -136,4 +148,61 @@ pub fn recreate(
             .map_err(|e| engine.error("connect", c, e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(labels: &[(&str, &str)]) -> Network {
+        Network {
+            driver: Some("bridge".into()),
+            internal: Some(false),
+            options: Some(HashMap::from([(
+                ICC_OPTION.to_string(),
+                "false".to_string(),
+            )])),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn spec(labels: &[(&str, &str)]) -> NetworkSpec {
+        NetworkSpec {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn declared_labels_missing_or_different_are_drift_and_extra_ones_are_not() {
+        let n = network(&[(labels::MANAGED_BY, "bs-docker"), ("team", "platform")]);
+        assert!(
+            differences(&spec(&[]), &n).is_empty(),
+            "extra labels are not drift"
+        );
+        assert!(differences(&spec(&[("team", "platform")]), &n).is_empty());
+        assert_eq!(
+            differences(&spec(&[("team", "research")]), &n),
+            ["label team is \"platform\", declared \"research\""]
+        );
+        assert_eq!(
+            differences(&spec(&[("owner", "ops")]), &n),
+            ["label owner is missing, declared \"ops\""]
+        );
+    }
+
+    #[test]
+    fn a_declared_managed_by_label_is_not_drift_because_ours_wins_at_creation() {
+        let n = network(&[(labels::MANAGED_BY, "bs-docker")]);
+        assert!(differences(&spec(&[(labels::MANAGED_BY, "someone")]), &n).is_empty());
+    }
 }

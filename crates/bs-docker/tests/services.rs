@@ -285,6 +285,53 @@ fn a_network_is_created_and_drift_is_reported_and_recreated_only_when_free() {
 }
 
 #[test]
+fn declared_network_labels_are_set_at_creation_and_a_changed_one_is_drift() {
+    let e = engine();
+    let sb = Sandbox::new(true);
+    let net = unique("labelled");
+    let mut clean = Cleanup::new();
+    clean.networks.push(net.clone());
+    let declare = |run: &str| {
+        sb.backend(&format!(
+            "[docker.networks.{net}]\ninternal = true\n\n[docker.networks.{net}.labels]\n\"bs.test\" = \"1\"\n\"run\" = \"{run}\"\n"
+        ))
+    };
+    declare("one");
+    let (code, recs) = sb.run(&["apply"]);
+    assert_eq!(code, 0, "{recs:#?}");
+    assert_eq!(find(&recs, "network", &net)["labels"]["run"], "one");
+    let labels = |e: &bs_docker::engine::Engine| {
+        e.block_on(e.docker().inspect_network(
+            &net,
+            None::<bollard::query_parameters::InspectNetworkOptions>,
+        ))
+        .unwrap()
+        .labels
+        .unwrap()
+    };
+    let have = labels(&e);
+    assert_eq!(have.get("run").map(String::as_str), Some("one"));
+    assert_eq!(
+        have.get("bs.managed-by").map(String::as_str),
+        Some("bs-docker")
+    );
+    assert_eq!(sb.run(&["check"]).0, 0, "the labels it set are not drift");
+
+    declare("two");
+    let (code, recs) = sb.run(&["check"]);
+    assert_eq!(code, 3, "{recs:#?}");
+    let r = find(&recs, "network", &net);
+    assert_eq!(r["action"], "recreate_network");
+    assert_eq!(
+        r["differences"][0],
+        "label run is \"one\", declared \"two\""
+    );
+    let (code, recs) = sb.run(&["apply"]);
+    assert_eq!(code, 0, "{recs:#?}");
+    assert_eq!(labels(&e).get("run").map(String::as_str), Some("two"));
+}
+
+#[test]
 fn an_unreachable_socket_is_a_clear_error_naming_the_socket() {
     let sb = Sandbox::new(false);
     let (code, recs) = sb.run(&["status"]);

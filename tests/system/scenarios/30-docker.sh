@@ -20,10 +20,15 @@ st_start docker -v /var/run/docker.sock:/var/run/docker.sock
 st_step "the service account is in the docker group (what bs-users sets up)"
 st_sh 'groupadd -f docker && groupadd -g 10000 opensafely &&
     useradd -u 10000 -g 10000 -G docker -m opensafely'
-# The service container carries the harness's labels, so its clean-up removes it.
+# The service container and the network carry the harness's labels, so its clean-up removes
+# them (also when the scenario fails before its own clean-up at the end).
 st_sh 'mkdir -p /etc/bs && cat >/etc/bs/local.toml' <<EOF_LOCAL
 [docker.services.$svc.labels]
 "bs.test" = "1"
+"bs.systest" = "1"
+"bs.systest.run" = "$ST_RUN"
+
+[docker.networks.$netname.labels]
 "bs.systest" = "1"
 "bs.systest.run" = "$ST_RUN"
 EOF_LOCAL

@@ -62,6 +62,10 @@ pub struct NetworkSpec {
     pub icc: bool,
     /// `10.20.0.0/24`; the engine picks one when absent.
     pub subnet: Option<String>,
+    /// Set when the network is created (with bs-docker's own
+    /// `bs.managed-by`). The engine cannot relabel a network, so a declared
+    /// label missing or different is drift like `internal`.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A declared service container.
