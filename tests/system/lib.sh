@@ -360,6 +360,45 @@ st_first_login() {
         st_fail "chpasswd for $user failed" || return 1
 }
 
+# assert_managed_groups: the groups every backend's defaults give (developers, researchers,
+# reviewers with its pinned gid 10010, docker, sudo) exist, and so does the service account
+# opensafely, uid/gid 10000, in docker.
+assert_managed_groups() {
+    local group
+    assert_eq "10000:10000" "$(st_exec id -u opensafely):$(st_exec id -g opensafely)" \
+        "the service account opensafely is uid/gid 10000" || return 1
+    assert_contains " $(st_exec id -nG opensafely) " " docker " "opensafely is in docker" ||
+        return 1
+    assert_eq 10010 "$(st_exec getent group reviewers | cut -d: -f3)" \
+        "reviewers has its pinned gid" || return 1
+    for group in developers researchers reviewers docker sudo; do
+        assert_success "group $group exists" st_exec getent group "$group" || return 1
+    done
+}
+
+# assert_person LOGIN GROUPS: bs-users made the account of list login LOGIN (its Unix name is
+# LOGIN in lower case) with exactly the supplementary GROUPS (space-separated), a 0750 home of its
+# own, an empty expired password (set at first login), and a root-owned keys file that holds the
+# key from keys/LOGIN.
+assert_person() {
+    local login=$1 groups=$2 user actual expected keyfile key
+    user=${login,,}
+    assert_success "account $user exists" st_exec id "$user" || return 1
+    actual=$(st_exec id -nG "$user" | tr ' ' '\n' | grep -vx "$user" | sort | tr '\n' ' ')
+    expected=$(tr ' ' '\n' <<<"$groups" | sort | tr '\n' ' ')
+    assert_eq "$expected" "$actual" "$user's supplementary groups" || return 1
+    assert_eq "750 $user $user" "$(st_exec stat -c '%a %U %G' "/home/$user")" "$user's home" ||
+        return 1
+    # New people: empty password, expired (last change day 0), so they set one at first login.
+    assert_eq ":0" "$(st_exec getent shadow "$user" | cut -d: -f2,3)" \
+        "$user has an empty, expired password" || return 1
+    keyfile=/etc/ssh/authorized_keys.d/$user
+    assert_eq "644 root root" "$(st_exec stat -c '%a %U %G' "$keyfile")" \
+        "$keyfile is root-owned and read-only to others" || return 1
+    key=$(st_exec grep -m1 -E '^(ssh|ecdsa|sk)-' "/opt/bs/keys/$login" | awk '{ print $1, $2 }')
+    assert_contains "$(st_exec cat "$keyfile")" "$key" "$keyfile holds the key from keys/$login"
+}
+
 # st_summaries: the summary records of the last st_tool, one a line (compact JSON).
 st_summaries() { jq -c 'select(.type == "summary")' <<<"$ST_JSON"; }
 
@@ -398,4 +437,129 @@ st_dump() {
         printf '=== %s: processes ===\n' "$c"
         docker exec "$c" ps -eo pid,user,args 2>&1 || true
     done
+}
+
+# --- stand-ins for what a container lacks: a service manager, a key server, a PTP clock ---------
+
+# st_standin_services UNIT...: a stand-in service manager for a container without systemd, and the
+# services it manages "running". /usr/local/sbin/bs-svc VERB UNIT appends "VERB UNIT" to
+# /var/log/bs-svc.log (the order bs-chrony asked in); chrony.service is the real chronyd, run with
+# -x so the clock is never touched (restart: the running one is killed and a new one started with
+# the config as it now is, failing as chronyd fails); every other unit is a state file
+# /run/bs-svc/UNIT. Starts chronyd -x and marks the UNITs running. Start the container with
+# --init: chronyd takes a zombie's pid in its pid file for a chronyd still running.
+st_standin_services() {
+    st_sh 'cat >/usr/local/sbin/bs-svc <<"EOF"
+#!/bin/sh
+set -u
+verb=$1 unit=$2
+echo "$verb $unit" >>/var/log/bs-svc.log
+if [ "$unit" = chrony.service ]; then
+    if [ "$verb" != start ] && [ -s /run/chrony/chronyd.pid ]; then
+        kill "$(cat /run/chrony/chronyd.pid)" 2>/dev/null || true
+        i=0
+        while pgrep -x chronyd >/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    fi
+    [ "$verb" = stop ] && exit 0
+    exec chronyd -x
+fi
+case $verb in
+    stop) rm -f "/run/bs-svc/$unit" ;;
+    start) mkdir -p /run/bs-svc && touch "/run/bs-svc/$unit" ;;
+esac
+EOF
+chmod 755 /usr/local/sbin/bs-svc
+install -d -o _chrony -g _chrony -m 750 /run/chrony
+mkdir -p /run/bs-svc
+for unit; do touch "/run/bs-svc/$unit"; done
+chronyd -x' "$@"
+}
+
+# st_chrony_toml [LINE...]: the [chrony] tables of a host-local override (/etc/bs/local.toml)
+# that drive services through bs-svc (service_manager = "commands": there is no systemctl), with
+# a readiness bound that fails fast, plus LINEs (more [chrony] keys).
+st_chrony_toml() {
+    printf '%s\n' '[chrony]' 'service_manager = "commands"' 'ready_timeout_secs = 15' "$@" '' \
+        '[chrony.service_commands]'
+    local verb
+    for verb in start stop restart; do
+        printf '%s = ["/usr/local/sbin/bs-svc", "%s", "{service}"]\n' "$verb" "$verb"
+    done
+}
+
+# st_feed_refclock SOCKET NAME: feed a `refclock SOCK SOCKET refid NAME` of the container's
+# chronyd samples of the system clock (struct sock_sample, 4 a second), as a PTP clock would give
+# them, and wait (up to 30 s) until chronyd selects NAME. The feeder runs until the container goes.
+st_feed_refclock() {
+    st_sh 'cat >/usr/local/bin/feed-refclock <<"EOF"
+#!/usr/bin/python3
+import socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+while True:
+    t = time.time()
+    try:
+        s.sendto(struct.pack("qqdiiii", int(t), int((t % 1) * 1e6), 0.0, 0, 0, 0, 0x534F434B),
+                 sys.argv[1])
+    except OSError:
+        pass
+    time.sleep(0.25)
+EOF
+chmod 755 /usr/local/bin/feed-refclock'
+    st_exec_bg /usr/local/bin/feed-refclock "$1"
+    local i
+    for ((i = 0; i < 60; i++)); do
+        st_exec chronyc -n -c sources | grep -q "^#,\*,$2," && return 0
+        sleep 0.5
+    done
+    st_fail "chronyd did not select the refclock $2 fed through $1 within 30 s"
+}
+
+# st_fake_keyserver DIR PORT: a fake GitHub keys endpoint on 127.0.0.1:PORT, speaking the contract
+# bs-users relies on: GET /<login>.keys answers by the mode in DIR/mode: "good" (the default)
+# serves DIR/keys/<login>.keys as text (an empty 200, GitHub's answer for a login without keys,
+# if there is none), "500" a server error, "html" a 200 text/html error page (a proxy's). Every
+# request is logged to /var/log/fake-keys.log as "PATH STATUS". Returns once it listens.
+st_fake_keyserver() {
+    st_sh 'mkdir -p "$1/keys" && { [ -e "$1/mode" ] || echo good >"$1/mode"; } &&
+        cat >/usr/local/bin/fake-keyserver' "$1" <<'EOF'
+#!/usr/bin/python3
+import http.server, os, re, sys
+
+SERVED, PORT = sys.argv[1], int(sys.argv[2])
+HTML = (b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+        b"<body><h1>Bad Gateway</h1><p>The proxy could not reach github.com.</p></body></html>\n")
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        with open(os.path.join(SERVED, "mode")) as f:
+            mode = f.read().strip()
+        m = re.fullmatch(r"/([A-Za-z0-9-]+)\.keys", self.path)
+        if m is None:
+            status, ctype, body = 404, "text/plain", b"Not Found\n"
+        elif mode == "500":
+            status, ctype, body = 500, "text/plain", b"Internal Server Error\n"
+        elif mode == "html":
+            status, ctype, body = 200, "text/html; charset=utf-8", HTML
+        else:
+            status, ctype = 200, "text/plain; charset=utf-8"
+            try:
+                with open(os.path.join(SERVED, "keys", m.group(1) + ".keys"), "rb") as f:
+                    body = f.read()
+            except FileNotFoundError:
+                body = b""
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt, *args):
+        with open("/var/log/fake-keys.log", "a") as log:
+            log.write("%s %s\n" % (self.path, args[1] if len(args) > 1 else "-"))
+
+http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+EOF
+    st_exec chmod 755 /usr/local/bin/fake-keyserver
+    st_exec_bg /usr/local/bin/fake-keyserver "$1" "$2"
+    st_wait_port "$2"
 }

@@ -43,32 +43,11 @@ assert_json_eq 'select(.type == "summary" and .tool == "bs-users") | .changed > 
 printf 'first run summaries:\n%s\n' "$(st_summaries)" >&2
 
 st_step "first run: the host is really in the backend's state"
-assert_eq "10000:10000" "$(st_exec id -u opensafely):$(st_exec id -g opensafely)" \
-    "the service account opensafely is uid/gid 10000"
-assert_eq 10010 "$(st_exec getent group reviewers | cut -d: -f3)" "reviewers has its pinned gid"
-for group in developers researchers reviewers docker sudo; do
-    assert_success "group $group exists" st_exec getent group "$group"
-done
-# login:unix name:the groups its lists give
-for person in test-developer:test-developer:"developers researchers reviewers docker sudo" \
-    TestCapitals:testcapitals:"developers researchers reviewers docker sudo" \
-    test-researcher:test-researcher:"researchers reviewers docker" \
-    test-reviewer:test-reviewer:"reviewers"; do
-    IFS=: read -r login user groups <<<"$person"
-    assert_success "account $user exists" st_exec id "$user"
-    actual=$(st_exec id -nG "$user" | tr ' ' '\n' | grep -vx "$user" | sort | tr '\n' ' ')
-    expected=$(tr ' ' '\n' <<<"$groups" | sort | tr '\n' ' ')
-    assert_eq "$expected" "$actual" "$user's supplementary groups"
-    assert_eq "750 $user $user" "$(st_exec stat -c '%a %U %G' "/home/$user")" "$user's home"
-    # New people: empty password, expired (last change day 0), so they set one at first login.
-    assert_eq ":0" "$(st_exec getent shadow "$user" | cut -d: -f2,3)" \
-        "$user has an empty, expired password"
-    keyfile=/etc/ssh/authorized_keys.d/$user
-    assert_eq "644 root root" "$(st_exec stat -c '%a %U %G' "$keyfile")" \
-        "$keyfile is root-owned and read-only to others"
-    key=$(st_exec grep -m1 -E '^(ssh|ecdsa|sk)-' "/opt/bs/keys/$login" | awk '{ print $1, $2 }')
-    assert_contains "$(st_exec cat "$keyfile")" "$key" "$keyfile holds the key from keys/$login"
-done
+assert_managed_groups
+assert_person test-developer "developers researchers reviewers docker sudo"
+assert_person TestCapitals "developers researchers reviewers docker sudo"
+assert_person test-researcher "researchers reviewers docker"
+assert_person test-reviewer reviewers
 assert_contains "$(st_exec sshd -T)" "authorizedkeysfile /etc/ssh/authorized_keys.d/%u" \
     "sshd reads the root-owned keys files"
 assert_success "the cron entry for the key refresh is installed" \

@@ -19,51 +19,8 @@ user=test-researcher
 keyfile=/etc/ssh/authorized_keys.d/$user
 served=/srv/fake-keys
 
-# The fake key server: GET /<login>.keys answers by the mode in $served/mode: "good" serves
-# $served/keys/<login>.keys (an empty 200, GitHub's answer for a login without keys, if there is
-# none), "500" a server error, "html" a 200 text/html error page. Every request is logged.
-st_sh 'mkdir -p "$1/keys" && echo good >"$1/mode" && cat >/usr/local/bin/fake-keyserver' \
-    "$served" <<'EOF'
-#!/usr/bin/python3
-import http.server, os, re, sys
-
-SERVED, PORT = sys.argv[1], int(sys.argv[2])
-HTML = (b"<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
-        b"<body><h1>Bad Gateway</h1><p>The proxy could not reach github.com.</p></body></html>\n")
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        with open(os.path.join(SERVED, "mode")) as f:
-            mode = f.read().strip()
-        m = re.fullmatch(r"/([A-Za-z0-9-]+)\.keys", self.path)
-        if m is None:
-            status, ctype, body = 404, "text/plain", b"Not Found\n"
-        elif mode == "500":
-            status, ctype, body = 500, "text/plain", b"Internal Server Error\n"
-        elif mode == "html":
-            status, ctype, body = 200, "text/html; charset=utf-8", HTML
-        else:
-            status, ctype = 200, "text/plain; charset=utf-8"
-            try:
-                with open(os.path.join(SERVED, "keys", m.group(1) + ".keys"), "rb") as f:
-                    body = f.read()
-            except FileNotFoundError:
-                body = b""
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, fmt, *args):
-        with open("/var/log/fake-keys.log", "a") as log:
-            log.write("%s %s\n" % (self.path, args[1] if len(args) > 1 else "-"))
-
-http.server.ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
-EOF
-st_exec chmod 755 /usr/local/bin/fake-keyserver
-st_exec_bg /usr/local/bin/fake-keyserver "$served" "$port"
-st_wait_port "$port"
+# The fake key server (lib.sh): "good" serves $served/keys/<login>.keys, "500" and "html" fail.
+st_fake_keyserver "$served" "$port"
 
 st_step "host override: fetch keys from the fake server"
 st_sh 'mkdir -p /etc/bs && printf "%s\n" "[users]" "fetch_keys = true" \

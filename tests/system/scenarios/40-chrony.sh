@@ -3,8 +3,8 @@
 # stand-in (a link to /dev/null: `chronyd -p` only parses), the container has no systemd, so
 # a host-local [chrony] override drives services through a stand-in service manager that logs
 # every call (the job runner's units are state files; chrony.service is the real chronyd,
-# run with -x so the clock is never touched). bs-chrony runs alone: `just manage tpp` would
-# also run bs-users, which fetches keys from the internet (see docs/bs-chrony.md).
+# run with -x so the clock is never touched). bs-chrony runs alone here, down to its failure
+# without a device and its status and check; 41-manage-tpp runs it in the whole tpp chain.
 set -euo pipefail
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -18,44 +18,12 @@ svc_log() { st_exec cat /var/log/bs-svc.log; }
 steps='select(.type == "restart_step") | "\(.step) \(.target) \(.ok)"'
 
 st_step "set up: the stand-in service manager, chronyd -x running, the job runner 'running'"
-st_sh 'cat >/usr/local/sbin/bs-svc <<"EOF"
-#!/bin/sh
-# Stand-in service manager: logs each call; chrony.service is the real chronyd -x.
-set -u
-verb=$1 unit=$2
-echo "$verb $unit" >>/var/log/bs-svc.log
-if [ "$unit" = chrony.service ]; then
-    if [ "$verb" != start ] && [ -s /run/chrony/chronyd.pid ]; then
-        kill "$(cat /run/chrony/chronyd.pid)" 2>/dev/null || true
-        i=0
-        while pgrep -x chronyd >/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-    fi
-    [ "$verb" = stop ] && exit 0
-    exec chronyd -x
-fi
-case $verb in
-    stop) rm -f "/run/bs-svc/$unit" ;;
-    start) mkdir -p /run/bs-svc && touch "/run/bs-svc/$unit" ;;
-esac
-EOF
-chmod 755 /usr/local/sbin/bs-svc
-install -d -o _chrony -g _chrony -m 750 /run/chrony
-mkdir -p /etc/bs /run/bs-svc
-touch /run/bs-svc/bs-jobs-poller.service /run/bs-svc/bs-jobs-worker.service
-chronyd -x'
+st_standin_services bs-jobs-poller.service bs-jobs-worker.service
+st_exec mkdir -p /etc/bs
 cp_conf=$(st_exec cat /etc/chrony/chrony.conf)
 assert_contains "$cp_conf" "confdir /etc/chrony/conf.d" "Debian's chrony.conf reads conf.d"
 
-local_toml='[chrony]
-service_manager = "commands"
-ready_timeout_secs = 15
-
-[chrony.service_commands]
-start = ["/usr/local/sbin/bs-svc", "start", "{service}"]
-stop = ["/usr/local/sbin/bs-svc", "stop", "{service}"]
-restart = ["/usr/local/sbin/bs-svc", "restart", "{service}"]
-'
-st_sh 'cat >/etc/bs/local.toml' <<<"$local_toml"
+st_chrony_toml | st_exec sh -c 'cat >/etc/bs/local.toml'
 
 st_step "no PTP device: an error, nothing changed"
 tool apply
@@ -87,8 +55,8 @@ assert_success "the restart is still owed" st_exec test -e /var/lib/bs/chrony/re
 
 st_step "a refclock chronyd can run here (SOCK, refid PHC0): the drop-in changes, chrony restarts and answers"
 st_exec truncate -s 0 /var/log/bs-svc.log
-st_sh 'cat >/etc/bs/local.toml' <<<"${local_toml/ready_timeout_secs = 15/ready_timeout_secs = 15
-refclock_line = \"refclock SOCK /run/chrony/phc-standin.sock refid PHC0 poll 0 dpoll -2\"}"
+st_chrony_toml 'refclock_line = "refclock SOCK /run/chrony/phc-standin.sock refid PHC0 poll 0 dpoll -2"' |
+    st_exec sh -c 'cat >/etc/bs/local.toml'
 tool apply
 assert_eq 0 "$ST_RC" "apply exits 0"
 assert_json_eq "$steps" $'stop bs-jobs-poller.service true\nstop bs-jobs-worker.service true\nrestart chrony.service true\nwait chrony.service true\nstart bs-jobs-worker.service true\nstart bs-jobs-poller.service true' \
@@ -111,24 +79,7 @@ st_step "status and check read the real chronyd"
 tool check
 assert_eq 3 "$ST_RC" "check: the refclock has no samples yet, so it is not selected"
 assert_json_eq 'select(.type == "clock") | .refclock_selected' false "$ST_JSON" "not selected"
-# Feed the stand-in refclock samples (struct sock_sample) as a PTP clock would give them.
-st_sh 'cat >/tmp/feed.py <<"EOF"
-import socket, struct, time
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-while True:
-    t = time.time()
-    try:
-        s.sendto(struct.pack("qqdiiii", int(t), int((t % 1) * 1e6), 0.0, 0, 0, 0, 0x534F434B),
-                 "/run/chrony/phc-standin.sock")
-    except OSError:
-        pass
-    time.sleep(0.25)
-EOF
-setsid -f python3 /tmp/feed.py >/dev/null 2>&1'
-for _ in $(seq 60); do
-    if st_exec chronyc -n -c sources | grep -q '^#,\*,PHC0,'; then break; fi
-    sleep 0.5
-done
+st_feed_refclock /run/chrony/phc-standin.sock PHC0
 tool status
 assert_eq 0 "$ST_RC" "status"
 assert_json_eq 'select(.type == "clock") | [.selected_source, .refclock_selected, .synchronised]' \
