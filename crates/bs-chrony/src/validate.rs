@@ -17,9 +17,7 @@ use crate::Ctx;
 
 /// The lines chronyd printed, or why the config does not parse.
 pub fn check(ctx: &Ctx, desired: &Desired) -> Result<String, String> {
-    let scratch = tempfile::Builder::new()
-        .prefix("bs-chrony-check.")
-        .tempdir()
+    let scratch = bs_core::validate::Scratch::new("bs-chrony-check")
         .map_err(|e| format!("cannot make a scratch directory: {e}"))?;
     let scratch_conf_d = scratch.path().join("conf.d");
     std::fs::create_dir(&scratch_conf_d)

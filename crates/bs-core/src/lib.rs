@@ -15,6 +15,7 @@
 //! | [`http`]    | the one HTTP agent with timeouts, a body limit and proxy support |
 //! | [`accounts`]| reading and writing passwd/group/shadow/gshadow under a root |
 //! | [`cli`]     | the flags every tool shares and the `main` wrapper |
+//! | [`validate`]| generated config checked by its reader (`visudo -cf`, `sshd -t`) before it goes live |
 //!
 //! # Exit codes
 //!
@@ -38,6 +39,7 @@ pub mod plan;
 pub mod root;
 pub mod safefs;
 pub mod secrets;
+pub mod validate;
 
 pub use error::CoreError;
 pub use exit::Exit;

@@ -110,53 +110,17 @@ pub fn converge(
     Outcome::Changed
 }
 
-/// A private scratch directory for validating generated config; removed on drop.
-/// Run a validator (`visudo -cf`, `sshd -t`) on a candidate file, keep
-/// what ran for the records, and turn a refusal into `(reject_kind,
-/// "<what> refused it: <stderr>")`. A validator that cannot run at all is
-/// `(spawn_kind, why)`: the candidate is then not installed either.
-pub fn run_validator(
-    ctx: &RunCtx<'_>,
-    log: &mut Vec<bs_core::cmd::Ran>,
-    cmd: &bs_core::cmd::Cmd,
-    spawn_kind: &'static str,
-    reject_kind: &'static str,
-    what: &str,
-) -> Result<(), (&'static str, String)> {
-    let ran = ctx
-        .runner
-        .run(cmd)
-        .map_err(|e| (spawn_kind, e.to_string()))?;
-    let ok = ran.success();
-    let stderr = ran.stderr.trim().to_string();
-    log.push(ran);
-    if ok {
-        Ok(())
-    } else {
-        Err((reject_kind, format!("{what} refused it: {stderr}")))
-    }
-}
-
-pub struct Scratch {
-    pub path: std::path::PathBuf,
-}
-
-impl Scratch {
-    pub fn new() -> Result<Scratch, String> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("bs-perms-{}-{nanos}", std::process::id()));
-        // mkdir fails if the name exists: nobody can pre-plant it for us.
-        rustix::fs::mkdir(&path, rustix::fs::Mode::from_raw_mode(0o700))
-            .map_err(|e| format!("{}: {}", path.display(), std::io::Error::from(e)))?;
-        Ok(Scratch { path })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+/// The error record of a candidate that did not pass its validator:
+/// `cannot_run_kind` when the validator could not run, `refused_kind` when
+/// it refused the candidate.
+pub fn invalid(
+    e: bs_core::validate::Invalid,
+    cannot_run_kind: &'static str,
+    refused_kind: &'static str,
+) -> (&'static str, String) {
+    use bs_core::validate::Invalid;
+    match e {
+        Invalid::CannotRun(why) => (cannot_run_kind, why),
+        Invalid::Refused(why) => (refused_kind, why),
     }
 }

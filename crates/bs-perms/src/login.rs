@@ -13,9 +13,10 @@ use serde_json::json;
 use bs_core::cmd::{Cmd, Ran};
 use bs_core::config::LoginSettings;
 use bs_core::safefs::FileSpec;
+use bs_core::validate::Checked;
 use bs_core::Output;
 
-use crate::files::{self, ManagedFile, Outcome, Scratch};
+use crate::files::{self, ManagedFile, Outcome};
 use crate::{RunCtx, Selection};
 
 pub const ISSUE_NET: &str = "/etc/issue.net";
@@ -73,57 +74,23 @@ pub fn tmout_snippet(secs: u32) -> String {
     format!("# Managed by bs-perms: idle shells end after {secs} s.\nreadonly TMOUT={secs}; export TMOUT\n")
 }
 
-/// `sshd -t` on a main config that includes the new drop-in first. On the
-/// live host the real main config (and so every other drop-in) follows it;
-/// under a sandbox root the drop-in is checked on its own with a minimal
-/// main config and a throwaway host key.
+/// `sshd -t` on the drop-in as sshd will read it (bs_core::validate). Under
+/// a sandbox root on a machine without sshd (a laptop running the demo) the
+/// check is reported as not done; on the live host it is never skipped.
 fn sshd_check(
     ctx: &RunCtx<'_>,
     log: &mut Vec<Ran>,
     notes: &mut Vec<String>,
     contents: &[u8],
 ) -> Result<(), (&'static str, String)> {
-    // `sshd -t` refuses to run without its privilege separation directory.
-    // Under a sandbox root nothing goes live, so on a machine without sshd
-    // (a laptop running the demo) the check is reported as not done; on
-    // the live host it is never skipped.
-    if !ctx.root.is_live() && !Path::new("/run/sshd").is_dir() {
-        notes.push("sandbox root and no /run/sshd on this machine: the drop-in was not checked with sshd -t".into());
-        return Ok(());
-    }
-    let scratch = Scratch::new().map_err(|e| ("io", e))?;
-    let dropin = scratch.path.join("dropin.conf");
-    std::fs::write(&dropin, contents).map_err(|e| ("io", e.to_string()))?;
-    let mut main = format!("Include {}\n", dropin.display());
-    if ctx.root.is_live() {
-        main.push_str("Include /etc/ssh/sshd_config\n");
-    } else {
-        let key = scratch.path.join("host_key");
-        let ran = ctx
-            .runner
-            .run(
-                &Cmd::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                    .arg(key.to_string_lossy()),
-            )
-            .map_err(|e| ("sshd_validate", e.to_string()))?;
-        if !ran.success() {
-            return Err(("sshd_validate", format!("ssh-keygen: {}", ran.stderr)));
+    match bs_core::validate::sshd_dropin(ctx.root, ctx.runner, "bs-perms", contents, log) {
+        Ok(Checked::Passed) => Ok(()),
+        Ok(Checked::Skipped(note)) => {
+            notes.push(note);
+            Ok(())
         }
-        main.push_str(&format!("HostKey {}\n", key.display()));
+        Err(e) => Err(files::invalid(e, "sshd_validate", "sshd_rejected")),
     }
-    let main_path = scratch.path.join("sshd_config");
-    std::fs::write(&main_path, main).map_err(|e| ("io", e.to_string()))?;
-    files::run_validator(
-        ctx,
-        log,
-        &Cmd::new("sshd")
-            .args(["-t", "-f"])
-            .arg(main_path.to_string_lossy()),
-        "sshd_validate",
-        "sshd_rejected",
-        "sshd -t",
-    )
 }
 
 /// Tell a running sshd to re-read its config (live host only: `.host()`).

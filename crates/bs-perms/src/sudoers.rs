@@ -8,12 +8,12 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use bs_core::cmd::{Cmd, Ran};
+use bs_core::cmd::Ran;
 use bs_core::config::{SudoRule, SudoSettings};
 use bs_core::safefs::{self, FileSpec};
 use bs_core::{CoreError, Output, Root};
 
-use crate::files::{self, ManagedFile, Outcome, Scratch};
+use crate::files::{self, ManagedFile, Outcome};
 use crate::{PermsChange, RunCtx, Selection};
 
 pub const SUDOERS_D: &str = "/etc/sudoers.d";
@@ -149,25 +149,14 @@ fn save_ledger(root: &Root, names: &BTreeSet<String>) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// `visudo -cf` on the exact bytes, in a private scratch directory.
+/// `visudo -cf` on the exact bytes.
 fn visudo_check(
     ctx: &RunCtx<'_>,
     log: &mut Vec<Ran>,
     contents: &[u8],
 ) -> Result<(), (&'static str, String)> {
-    let scratch = Scratch::new().map_err(|e| ("io", e))?;
-    let file = scratch.path.join("rule");
-    std::fs::write(&file, contents).map_err(|e| ("io", format!("{}: {e}", file.display())))?;
-    files::run_validator(
-        ctx,
-        log,
-        &Cmd::new("visudo")
-            .args(["-c", "-f"])
-            .arg(file.to_string_lossy()),
-        "visudo",
-        "visudo_rejected",
-        "visudo -cf",
-    )
+    bs_core::validate::sudoers(ctx.runner, "bs-perms", contents, log)
+        .map_err(|e| files::invalid(e, "visudo", "visudo_rejected"))
 }
 
 pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {

@@ -10,6 +10,7 @@ use bs_core::accounts::{AccountDb, NewUser};
 use bs_core::cmd::{Cmd, Runner};
 use bs_core::plan::Change;
 use bs_core::safefs::{self, FileSpec};
+use bs_core::validate::{self, Checked};
 use bs_core::Output;
 
 use crate::changes::UserChange;
@@ -271,13 +272,27 @@ pub fn apply(
                     continue;
                 };
                 if target == files::SSHD_DROPIN {
-                    if let Err(why) = files::validate_sshd(run.root, &run.runner, content) {
-                        out.error(
-                            "sshd_config_invalid",
-                            target,
-                            &format!("{why}; the old file stays"),
-                        );
-                        continue;
+                    let mut ran = Vec::new();
+                    let checked = validate::sshd_dropin(
+                        run.root,
+                        &run.runner,
+                        "bs-users",
+                        content.as_bytes(),
+                        &mut ran,
+                    );
+                    match checked {
+                        Ok(Checked::Passed) => {}
+                        Ok(Checked::Skipped(note)) => {
+                            out.emit("note", &json!({"target": target, "message": note}));
+                        }
+                        Err(why) => {
+                            out.error(
+                                "sshd_config_invalid",
+                                target,
+                                &format!("{why}; the old file stays"),
+                            );
+                            continue;
+                        }
                     }
                 }
                 let path = run.root.join(target);

@@ -5,7 +5,6 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
-use bs_core::cmd::{Cmd, Runner};
 use bs_core::config::{AuthorizedKeysMode, RefreshMode};
 use bs_core::safefs::{self, DirFd, FileSpec, Kind};
 use bs_core::{CoreError, Root};
@@ -276,56 +275,6 @@ pub fn sshd_dropin(central_dir: &Path) -> String {
          AuthorizedKeysFile {}/%u\n",
         central_dir.display()
     )
-}
-
-/// Check an sshd drop-in with `sshd -t` before it goes live: on the live
-/// host together with the real config (ours is read first, as it will be),
-/// on a sandbox root on its own.
-pub fn validate_sshd(root: &Root, runner: &dyn Runner, content: &str) -> Result<(), String> {
-    let dir = std::env::temp_dir().join(format!("bs-users-sshd-check.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let result = (|| {
-        let dropin = dir.join("dropin.conf");
-        std::fs::write(&dropin, content).map_err(|e| e.to_string())?;
-        let hostkey = dir.join("hostkey");
-        let ran = runner
-            .run(
-                &Cmd::new("ssh-keygen")
-                    .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                    .arg(hostkey.to_string_lossy()),
-            )
-            .map_err(|e| e.to_string())?;
-        if !ran.success() {
-            return Err(format!("ssh-keygen failed: {}", ran.stderr));
-        }
-        let mut main = format!(
-            "Include {}\nHostKey {}\n",
-            dropin.display(),
-            hostkey.display()
-        );
-        if root.is_live() {
-            main.push_str("Include /etc/ssh/sshd_config\n");
-        }
-        let main_path = dir.join("sshd_config");
-        std::fs::write(&main_path, main).map_err(|e| e.to_string())?;
-        // sshd -t refuses to run without its privilege separation directory.
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let ran = runner
-            .run(
-                &Cmd::new("sshd")
-                    .args(["-t", "-f"])
-                    .arg(main_path.to_string_lossy()),
-            )
-            .map_err(|e| e.to_string())?;
-        if ran.success() {
-            Ok(())
-        } else {
-            Err(format!("sshd -t rejected it: {}", ran.stderr))
-        }
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
 }
 
 /// Ask a running sshd to re-read its config (live root only). Works with
