@@ -441,6 +441,14 @@ fn apply(
         .iter()
         .find(|c| matches!(c, ChronyChange::Restart { .. }))
     {
+        if let Some(why) =
+            restart::cannot_drive_services(cfg, live, bs_core::cmd::systemd_is_init())
+        {
+            // Nothing is stopped or restarted; the restart stays owed (the
+            // pending marker is kept) until the config says how.
+            out.error("no_systemd", &cfg.service, &why);
+            return Ok(());
+        }
         let outcome = restart::ordered_restart(ctx.runner, cfg, out);
         #[derive(Serialize)]
         struct Done<'a> {

@@ -62,6 +62,32 @@ impl ServiceManager {
     }
 }
 
+/// Why the services cannot be driven here, if they cannot: systemd is the
+/// configured manager on a live host whose init is not systemd. There
+/// `systemctl is-active` fails for every unit, which would read as "not
+/// running": the job runner would be left running while chrony steps the
+/// clock under it. (A sandbox root drives nothing: every command is skipped.)
+pub fn cannot_drive_services(
+    cfg: &ChronyConfig,
+    live: bool,
+    systemd_is_init: bool,
+) -> Option<String> {
+    let systemd = matches!(ServiceManager::from_config(cfg), ServiceManager::Systemd);
+    (live && systemd && !systemd_is_init).then(|| {
+        format!(
+            "systemd is not the init on this host, so systemctl cannot stop {} around the restart of {}: \
+             set [chrony] service_manager = \"commands\" with start, stop and restart commands; \
+             the restart stays owed",
+            if cfg.dependent_services.is_empty() {
+                "the dependent services".to_string()
+            } else {
+                cfg.dependent_services.join(", ")
+            },
+            cfg.service
+        )
+    })
+}
+
 /// One step of the restart, as its record.
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
@@ -470,6 +496,31 @@ mod tests {
             .records()
             .iter()
             .any(|r| r["kind"] == "start_failed" && r["target"] == "bs-jobs-worker.service"));
+    }
+
+    #[test]
+    fn systemd_as_manager_on_a_live_host_without_systemd_drives_nothing() {
+        let c = cfg();
+        let why = cannot_drive_services(&c, true, false).unwrap();
+        assert!(why.contains("service_manager = \"commands\""), "{why}");
+        assert!(why.contains("bs-jobs-poller.service"), "{why}");
+        assert_eq!(
+            cannot_drive_services(&c, true, true),
+            None,
+            "systemd is the init"
+        );
+        assert_eq!(
+            cannot_drive_services(&c, false, false),
+            None,
+            "a sandbox root skips every command"
+        );
+        let mut commands = cfg();
+        commands.service_manager = bs_core::config::ServiceManagerKind::Commands;
+        assert_eq!(
+            cannot_drive_services(&commands, true, false),
+            None,
+            "configured commands need no systemd"
+        );
     }
 
     #[test]

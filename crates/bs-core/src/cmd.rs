@@ -111,6 +111,15 @@ impl Ran {
     }
 }
 
+/// Whether systemd is this machine's init (sd_booted(3): it made
+/// /run/systemd/system). In a container or a chroot it is not, and
+/// `systemctl` cannot start, stop or enable anything: tools write their
+/// units for when it is and say so, instead of failing or, worse, taking
+/// systemctl's failure for "not running".
+pub fn systemd_is_init() -> bool {
+    std::path::Path::new("/run/systemd/system").exists()
+}
+
 pub trait Runner: Send + Sync {
     fn run(&self, cmd: &Cmd) -> Result<Ran>;
 }

@@ -328,12 +328,9 @@ pub fn apply(
             _ => {}
         }
     }
-    // sd_booted(3): without /run/systemd/system systemd is not the init
-    // (a container, a chroot); the units are in place for when it is.
-    if systemd_changed
-        && run.root.is_live()
-        && !std::path::Path::new("/run/systemd/system").exists()
-    {
+    // Not systemd's machine (a container, a chroot): the units are in
+    // place for when it is.
+    if systemd_changed && run.root.is_live() && !bs_core::cmd::systemd_is_init() {
         out.emit(
             "note",
             &json!({"target": "systemd", "message": "systemd is not running here: units written, not enabled"}),

@@ -33,8 +33,20 @@ assert_eq "$cp_conf" "$(st_exec cat /etc/chrony/chrony.conf)" "chrony.conf untou
 assert_failure "no drop-in" st_exec test -e /etc/chrony/conf.d/bs-hyperv-ptp.conf
 assert_failure "no service touched" st_exec test -e /var/log/bs-svc.log
 
-st_step "stand-in device: the drop-in goes live; /dev/null is no PHC, so chrony's restart fails and the services still come back"
+st_step "stand-in device, but systemd as the service manager where systemd is not the init: the drop-in goes live, no service is touched, the restart stays owed"
 st_exec ln -s /dev/null /dev/ptp_hyperv
+st_exec sh -c 'printf "[chrony]\nready_timeout_secs = 15\n" >/etc/bs/local.toml'
+tool apply
+assert_eq 1 "$ST_RC" "apply exits 1"
+assert_json_eq 'select(.type == "error") | .kind' no_systemd "$ST_JSON" "the only error: no systemd to drive the services"
+assert_json_eq 'select(.type == "restart_step") | .step' "" "$ST_JSON" "no restart step was taken"
+assert_failure "no service touched" st_exec test -e /var/log/bs-svc.log
+assert_success "the job runner still runs" st_exec test -e /run/bs-svc/bs-jobs-poller.service
+assert_success "the drop-in is in place" st_exec test -e /etc/chrony/conf.d/bs-hyperv-ptp.conf
+assert_success "the restart is owed" st_exec test -e /var/lib/bs/chrony/restart-pending
+st_chrony_toml | st_exec sh -c 'cat >/etc/bs/local.toml'
+
+st_step "the stand-in service manager configured: the owed restart runs; /dev/null is no PHC, so chrony's restart fails and the services still come back"
 tool apply
 assert_eq 1 "$ST_RC" "apply exits 1: chronyd cannot open the stand-in as a PHC"
 assert_json_eq 'select(.type == "device") | .device_present' true "$ST_JSON" "device found"
