@@ -1,11 +1,16 @@
-//! `plan` / `apply` / `check`: the queue directories and the systemd units
-//! of the poller and the worker (templates in `crates/bs-jobs/units/`).
+//! `plan` / `apply` / `check`: the queue directories, the config snapshot
+//! and the systemd units of the poller and the worker (templates in
+//! `crates/bs-jobs/units/`).
+//!
+//! The units run long after `just manage` and must not read the operator's
+//! checkout (deleted, moved, or in a home the service account cannot read):
+//! their `BS_REPO` is the config snapshot under `/var/lib/bs/repo`
+//! ([`bs_core::config::snapshot`]), which every apply refreshes first.
 
-use std::ffi::OsStr;
 use std::path::Path;
 
 use bs_core::cmd::{Cmd, Runner};
-use bs_core::config::Config;
+use bs_core::config::{Config, Snapshot, Source, SNAPSHOT_DIR};
 use bs_core::plan::{Change, Mode};
 use bs_core::safefs::{self, FileSpec};
 use bs_core::{Output, Root};
@@ -21,27 +26,40 @@ const WORKER: &str = include_str!("../units/bs-jobs-worker.service");
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum UnitChange {
+    /// Write a file of the config snapshot (new or different). The content
+    /// is part of the change, so `apply --plan` skips it when the checkout
+    /// changed since the plan.
+    WriteSnapshot {
+        target: String,
+        source: String,
+        content: String,
+    },
     /// Write a unit file (new or different).
     WriteUnit { target: String, content: String },
 }
 
 impl Change for UnitChange {
     fn record_type(&self) -> &'static str {
-        "unit"
+        match self {
+            UnitChange::WriteSnapshot { .. } => "snapshot",
+            UnitChange::WriteUnit { .. } => "unit",
+        }
     }
     fn target(&self) -> String {
         match self {
-            UnitChange::WriteUnit { target, .. } => target.clone(),
+            UnitChange::WriteSnapshot { target, .. } | UnitChange::WriteUnit { target, .. } => {
+                target.clone()
+            }
         }
     }
 }
 
-/// The units as they must be on this backend.
+/// The units as they must be on this backend: they read the snapshot (a
+/// system path: the units are the root's, like `@BIN@`), never the checkout.
 pub fn wanted(config: &Config) -> Vec<(String, String)> {
-    let repo = std::fs::canonicalize(&config.repo).unwrap_or_else(|_| config.repo.clone());
     let fill = |t: &str| {
-        t.replace("@REPO@", &repo.display().to_string())
-            .replace("@BACKEND@", &config.backend.name)
+        t.replace("@REPO@", SNAPSHOT_DIR)
+            .replace("@BACKEND@", &config.backend_dir)
             .replace("@BIN@", "/usr/local/bin/bs-jobs")
             .replace("@INTERVAL@", &config.jobs.poll_interval_secs.to_string())
     };
@@ -51,9 +69,29 @@ pub fn wanted(config: &Config) -> Vec<(String, String)> {
     ]
 }
 
-pub fn plan(root: &Root, config: &Config) -> Result<Vec<UnitChange>> {
-    let dir = root.join(UNIT_DIR);
+/// The repository files `config` was loaded from, read again for the snapshot.
+pub fn snapshot(root: &Root, config: &Config) -> Result<Snapshot> {
+    let source = Source {
+        repo: config.repo.clone(),
+        backend: config.backend_dir.clone(),
+    };
+    Ok(Snapshot::capture(&source, root)?)
+}
+
+/// Snapshot files first: the units must never point at a snapshot that is
+/// not there yet.
+pub fn plan(root: &Root, config: &Config, snapshot: &Snapshot) -> Result<Vec<UnitChange>> {
     let mut changes = Vec::new();
+    for file in snapshot.files() {
+        if !snapshot.is_current(root, file)? {
+            changes.push(UnitChange::WriteSnapshot {
+                target: file.target(),
+                source: file.source.display().to_string(),
+                content: file.content.clone(),
+            });
+        }
+    }
+    let dir = root.join(UNIT_DIR);
     for (name, content) in wanted(config) {
         let path = dir.join(&name);
         let have = std::fs::read_to_string(&path).ok();
@@ -77,7 +115,8 @@ pub fn converge(
     runner: &dyn Runner,
 ) -> Result<()> {
     out.set_mode(mode);
-    let fresh = plan(root, config)?;
+    let snap = snapshot(root, config)?;
+    let fresh = plan(root, config, &snap)?;
     let changes = match given {
         Some(g) => {
             let (apply, stale) = bs_core::plan::still_needed(fresh, g);
@@ -97,8 +136,27 @@ pub fn converge(
         );
     }
     let mut wrote = false;
+    let mut snapshot_wrote = false;
+    for file in snap.files() {
+        let wanted = changes
+            .iter()
+            .any(|c| matches!(c, UnitChange::WriteSnapshot { .. }) && c.target() == file.target());
+        let changed = match (wanted, mode) {
+            (false, _) => false,
+            (true, Mode::Apply) => snap.write(root, file)?,
+            (true, _) => true,
+        };
+        snapshot_wrote |= changed && mode == Mode::Apply;
+        out.item("snapshot", changed, &Snapshot::record(file, changed));
+    }
+    if mode == Mode::Apply {
+        // Whether or not this run wrote it: the units point there.
+        snap.load(root)?;
+    }
     for change in &changes {
-        let UnitChange::WriteUnit { target, content } = change;
+        let UnitChange::WriteUnit { target, content } = change else {
+            continue;
+        };
         if mode == Mode::Apply {
             let path = root.join(target);
             if let Some(parent) = path.parent() {
@@ -128,6 +186,15 @@ pub fn converge(
             );
         }
     }
+    if snapshot_wrote && !wrote {
+        // Units unchanged, so nothing starts them afresh. Not restarted here: the services read their config once, at start,
+        // and restarting the worker would re-run every job it is running.
+        out.emit(
+            "note",
+            &serde_json::json!({"target": "bs-jobs-poller.service bs-jobs-worker.service",
+                "message": "the config snapshot changed: the poller and the worker use it from their next start"}),
+        );
+    }
     // sd_booted(3): without /run/systemd/system systemd is not the init
     // (a container, a chroot); the units are in place for when it is.
     if mode == Mode::Apply && wrote && root.is_live() && !Path::new("/run/systemd/system").exists()
@@ -156,6 +223,5 @@ pub fn converge(
             }
         }
     }
-    let _ = Path::new(OsStr::new(""));
     Ok(())
 }

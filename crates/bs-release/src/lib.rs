@@ -39,7 +39,8 @@ pub use error::{Error, Result};
 
 use cli::{Cli, Command};
 
-/// Written by `bs-release apply` (root): the checkout and backend that runs
+/// Written by `bs-release apply` (root): the config snapshot
+/// (`/var/lib/bs/repo`, never the operator's checkout) and backend that runs
 /// through sudo use, whatever the caller passes or sets.
 pub const HOST_FILE: &str = "/etc/bs/release.toml";
 
@@ -62,15 +63,15 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
         )));
     }
     match &cli.command {
-        Command::Plan => return setup::run(&root, &config, &cli.global, out, Mode::Plan),
+        Command::Plan => return setup::run(&root, &config, out, Mode::Plan),
         Command::Check { paths } if paths.is_empty() => {
-            return setup::run(&root, &config, &cli.global, out, Mode::Check)
+            return setup::run(&root, &config, out, Mode::Check)
         }
         Command::Apply => {
             if ruid != 0 {
                 return Err(Error::Denied("bs-release apply must run as root".into()));
             }
-            return setup::run(&root, &config, &cli.global, out, Mode::Apply);
+            return setup::run(&root, &config, out, Mode::Apply);
         }
         _ => {}
     }

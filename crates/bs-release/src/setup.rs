@@ -1,25 +1,26 @@
 //! `plan` / `apply`: what bs-release needs before people can use it through
 //! sudo: the request store and the audit directory, owned by the service
-//! account, and `/etc/bs/release.toml`, which pins the checkout and backend
-//! that runs through sudo use (sudo drops BS_REPO/BS_BACKEND, and a caller
-//! must not be able to choose a config of their own).
+//! account, the config snapshot under `/var/lib/bs/repo`, and
+//! `/etc/bs/release.toml`, which pins that snapshot and the backend for runs
+//! through sudo (sudo drops BS_REPO/BS_BACKEND, and a caller must not be able
+//! to choose a config of their own). The pin names the snapshot, not the
+//! operator's checkout: that may be deleted or moved after `just manage`, or
+//! sit in a home the service account cannot read.
 
 use std::ffi::OsStr;
 
-use bs_core::cli::Global;
-use bs_core::config::Config;
+use bs_core::config::{Config, Snapshot, Source};
 use bs_core::plan::Mode;
 use bs_core::safefs::{self, DirFd, FileSpec};
 use bs_core::{Output, Root};
 use serde_json::{json, Map, Value};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::{audit, store, HostPin, HOST_FILE};
 
 pub(crate) fn run(
     root: &Root,
     config: &Config,
-    global: &Global,
     out: &mut Output,
     mode: Mode,
 ) -> Result<Map<String, Value>> {
@@ -90,12 +91,31 @@ pub(crate) fn run(
                 "target": root.display_path(&secrets), "owner": config.service_account.name, "mode": "0600"}),
     );
 
-    let repo = std::fs::canonicalize(&global.repo).map_err(|e| Error::io(&global.repo, e))?;
-    let backend = global.backend.clone().unwrap_or_default();
+    // The snapshot first: the pin must never name one that is not there.
+    let snap = Snapshot::capture(
+        &Source {
+            repo: config.repo.clone(),
+            backend: config.backend_dir.clone(),
+        },
+        root,
+    )?;
+    for file in snap.files() {
+        let changed = if apply {
+            snap.write(root, file)?
+        } else {
+            !snap.is_current(root, file)?
+        };
+        out.item("snapshot", changed, &Snapshot::record(file, changed));
+    }
+    if apply {
+        snap.load(root)?;
+    }
+
+    let Source { repo, backend } = snap.source();
     let pin = HostPin { repo, backend };
     let text = format!(
-        "# Written by `bs-release apply`: the checkout and backend that bs-release uses\n\
-         # when people run it through sudo. Owned by root; do not edit.\n\
+        "# Written by `bs-release apply`: the config snapshot and backend that bs-release\n\
+         # uses when people run it through sudo. Owned by root; do not edit.\n\
          repo = {}\nbackend = {}\n",
         toml_string(&pin.repo.to_string_lossy()),
         toml_string(&pin.backend)

@@ -826,8 +826,8 @@ fn apply_creates_the_state_directories_and_pins_the_host_config() {
     c.arg("plan");
     let r = Run_of(&mut c);
     r.ok();
-    // requests, audit dir, pin; the token file exists already
-    assert_eq!(r.summary()["changed"], 3);
+    // requests, audit dir, the two snapshot files, pin; the token file exists already
+    assert_eq!(r.summary()["changed"], 5);
     std::fs::remove_file(sb.root.join("etc/bs/release.env")).unwrap();
     assert!(!sb.root.join("etc/bs/release.toml").exists());
     let mut c = sb.cmd();
@@ -857,4 +857,121 @@ fn apply_creates_the_state_directories_and_pins_the_host_config() {
     c.arg("plan");
     let r = Run_of(&mut c);
     assert_eq!(r.summary()["changed"], 0, "{:?}", r.records);
+}
+
+/// A checkout of its own holding the layers the loader reads, so the test
+/// can change and delete it.
+fn checkout(dir: &std::path::Path) -> std::path::PathBuf {
+    let co = dir.join("checkout");
+    std::fs::create_dir_all(co.join("backends/test")).unwrap();
+    for rel in ["backends/defaults.toml", "backends/test/backend.toml"] {
+        std::fs::copy(common::repo().join(rel), co.join(rel)).unwrap();
+    }
+    co
+}
+
+#[test]
+fn the_pin_names_the_snapshot_which_outlives_the_checkout_and_follows_its_changes() {
+    let (sb, _server) = setup();
+    let co = checkout(sb.dir.path());
+    let apply = |repo: &std::path::Path| {
+        let mut c = sb.cmd();
+        c.env("BS_REPO", repo).arg("apply");
+        let r = Run_of(&mut c);
+        r.ok();
+        r
+    };
+    let r = apply(&co);
+    let snaps = r.of_type("snapshot");
+    assert_eq!(snaps.len(), 2);
+    assert!(snaps.iter().all(|s| s["changed"] == true), "{snaps:#?}");
+    let pin: toml::Table =
+        toml::from_str(&std::fs::read_to_string(sb.root.join("etc/bs/release.toml")).unwrap())
+            .unwrap();
+    assert_eq!(pin["repo"].as_str(), Some("/var/lib/bs/repo"), "{pin}");
+    assert_eq!(pin["backend"].as_str(), Some("test"));
+    // The pin is a path of the host (here: of the sandbox root).
+    let pinned = sb.root.join("var/lib/bs/repo");
+
+    // The checkout is deleted: bs-release with the pinned repo still works.
+    std::fs::remove_dir_all(&co).unwrap();
+    let mut c = sb.cmd();
+    c.env("BS_REPO", &co).args(["ls"]);
+    assert_eq!(Run_of(&mut c).code, 2, "the checkout really is gone");
+    let mut c = sb.cmd();
+    c.env("BS_REPO", &pinned)
+        .env("SUDO_USER", "alice")
+        .env("SUDO_UID", "2001")
+        .args(["request", "create", "ws1"]);
+    Run_of(&mut c).ok();
+
+    // A new checkout with a merged change: the next apply copies it, and
+    // only it; a second apply changes nothing.
+    let co = checkout(sb.dir.path());
+    let layer = co.join("backends/test/backend.toml");
+    let text = std::fs::read_to_string(&layer).unwrap().replacen(
+        "description = \"",
+        "description = \"merged change: ",
+        1,
+    );
+    std::fs::write(&layer, &text).unwrap();
+    let r = apply(&co);
+    let changed: Vec<_> = r
+        .of_type("snapshot")
+        .iter()
+        .map(|s| {
+            (
+                s["target"].as_str().unwrap().to_string(),
+                s["changed"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            (
+                "/var/lib/bs/repo/backends/defaults.toml".to_string(),
+                Value::Bool(false)
+            ),
+            (
+                "/var/lib/bs/repo/backends/test/backend.toml".to_string(),
+                Value::Bool(true)
+            )
+        ]
+    );
+    assert_eq!(
+        std::fs::read_to_string(pinned.join("backends/test/backend.toml")).unwrap(),
+        text
+    );
+    let r = apply(&co);
+    assert_eq!(r.summary()["changed"], 0, "{:#?}", r.records);
+}
+
+#[test]
+fn a_snapshot_another_tool_of_the_chain_wrote_is_left_as_it_is() {
+    // bs-jobs runs before bs-release in `just manage` and writes the same
+    // snapshot through the same bs-core code.
+    let sb = Sandbox::new();
+    let co = checkout(sb.dir.path());
+    let root = bs_core::Root::new(&sb.root).unwrap();
+    let source = bs_core::config::Source {
+        repo: co.clone(),
+        backend: "test".into(),
+    };
+    let snap = bs_core::config::Snapshot::capture(&source, &root).unwrap();
+    for f in snap.files() {
+        assert!(snap.write(&root, f).unwrap());
+    }
+    let mut c = sb.cmd();
+    c.env("BS_REPO", &co).arg("apply");
+    let r = Run_of(&mut c);
+    r.ok();
+    let snaps = r.of_type("snapshot");
+    assert_eq!(snaps.len(), 2);
+    assert!(
+        snaps
+            .iter()
+            .all(|s| s["changed"] == false && s["action"] == "none"),
+        "{snaps:#?}"
+    );
 }

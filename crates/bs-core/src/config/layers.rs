@@ -18,15 +18,8 @@ pub struct Layers {
 
 impl Layers {
     pub fn add_required(&mut self, file: &Path) -> Result<()> {
-        match std::fs::read_to_string(file) {
-            Ok(text) => self.add_text(file, &text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(CoreError::ConfigLayerMissing {
-                    file: file.to_path_buf(),
-                })
-            }
-            Err(e) => Err(CoreError::io(file, e)),
-        }
+        let text = read_required(file)?;
+        self.add_text(file, &text)
     }
 
     pub fn add_optional(&mut self, file: &Path) -> Result<()> {
@@ -93,6 +86,18 @@ impl Layers {
             }
         }
         self.files.last().cloned().unwrap_or_default()
+    }
+}
+
+/// The text of a required layer; a missing one is its own error, never an
+/// empty layer.
+pub fn read_required(file: &Path) -> Result<String> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CoreError::ConfigLayerMissing {
+            file: file.to_path_buf(),
+        }),
+        Err(e) => Err(CoreError::io(file, e)),
     }
 }
 

@@ -18,6 +18,7 @@ mod jobs;
 mod layers;
 mod perms;
 mod release;
+pub mod snapshot;
 mod users;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ pub use perms::{
     SudoSettings, TreeConfig,
 };
 pub use release::ReleaseConfig;
+pub use snapshot::{Snapshot, SnapshotFile, SNAPSHOT_DIR};
 pub use users::{
     valid_unix_name, AuthorizedKeysMode, GroupSpec, ListSpec, RefreshMode, UsersConfig,
 };
@@ -68,6 +70,11 @@ pub struct Config {
     /// are read relative to it. Not a TOML key.
     #[serde(skip)]
     pub repo: PathBuf,
+    /// The backend's directory under `backends/` (`--backend`), which is
+    /// what a service is given as `BS_BACKEND`; `[backend] name` may differ.
+    /// Not a TOML key.
+    #[serde(skip)]
+    pub backend_dir: String,
     /// The layer files that were read, in order. Not a TOML key.
     #[serde(skip)]
     pub sources: Vec<PathBuf>,
@@ -136,13 +143,20 @@ impl Config {
     /// Read, merge and check every layer.
     pub fn load(source: &Source, root: &Root) -> Result<Config> {
         validate_backend_name(&source.backend)?;
-        let backends = source.repo.join("backends");
         let mut layers = Layers::default();
-        layers.add_required(&backends.join("defaults.toml"))?;
-        layers.add_required(&backends.join(&source.backend).join("backend.toml"))?;
+        for rel in repo_layers(&source.backend) {
+            layers.add_required(&source.repo.join(rel))?;
+        }
+        Config::from_repo_layers(layers, source, root)
+    }
+
+    /// Finish a load whose repository layers are in `layers`: add the
+    /// host's local layer, deserialize and check.
+    fn from_repo_layers(mut layers: Layers, source: &Source, root: &Root) -> Result<Config> {
         layers.add_optional(&root.join("/etc/bs/local.toml"))?;
         let mut config: Config = layers.deserialize()?;
         config.repo = source.repo.clone();
+        config.backend_dir = source.backend.clone();
         config.sources = layers.files().to_vec();
         config.validate(&layers)?;
         Ok(config)
@@ -163,6 +177,15 @@ impl Config {
     pub fn repo_path(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.repo.join(rel)
     }
+}
+
+/// The files [`Config::load`] reads from the repository, relative to it, in
+/// layer order. The one list of them: the snapshot copies exactly these.
+pub fn repo_layers(backend: &str) -> [PathBuf; 2] {
+    [
+        Path::new("backends").join("defaults.toml"),
+        Path::new("backends").join(backend).join("backend.toml"),
+    ]
 }
 
 fn validate_backend_name(name: &str) -> Result<()> {
