@@ -213,6 +213,27 @@ pub fn restart_marker(root: &Root) -> PathBuf {
     root.join("/var/lib/bs/docker/restart-pending")
 }
 
+/// Whether the engine started after the restart was owed, so it already
+/// reads the daemon.json that was written: someone restarted it by hand in
+/// a quiet moment, as `allow_restart = false` asks. dockerd writes its pid
+/// file when it starts: a pid file of a running process that is newer than
+/// the marker says so. Unknown (no pid file, no such process) is "no".
+pub fn restarted_since(root: &Root, marker: &Path) -> bool {
+    let pidfile = root.join("/var/run/docker.pid");
+    let (Ok(pid_meta), Ok(marker_meta)) = (std::fs::metadata(&pidfile), std::fs::metadata(marker))
+    else {
+        return false;
+    };
+    let alive = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+        .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).is_dir());
+    match (pid_meta.modified(), marker_meta.modified()) {
+        (Ok(started), Ok(owed)) => alive && started > owed,
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -192,7 +192,17 @@ fn converge(
         }
     }
     let marker = daemon::restart_marker(root);
-    let restart_owed = daemon_changes || marker.exists();
+    let mut restart_owed = daemon_changes || marker.exists();
+    if restart_owed && !daemon_changes && daemon::restarted_since(root, &marker) {
+        restart_owed = false;
+        if mode == Mode::Apply {
+            // Bookkeeping only: the engine already reads the new file.
+            match bs_core::safefs::remove_file(&marker) {
+                Ok(_) => out.emit("engine_restart", &json!({"target": d.socket, "needed": false, "done": true, "reason": "the engine restarted since daemon.json changed"})),
+                Err(e) => out.core_error(&e),
+            }
+        }
+    }
     if restart_owed {
         if d.allow_restart {
             planned.push(Planned::Restart {
@@ -201,7 +211,14 @@ fn converge(
                 },
             });
         } else {
-            out.emit("engine_restart", &json!({"target": d.socket, "needed": true, "done": false, "reason": "docker.allow_restart is false: restart the engine in a quiet moment"}));
+            let owed = json!({"target": d.socket, "needed": true, "done": false, "reason": "docker.allow_restart is false: restart the engine in a quiet moment"});
+            if mode == Mode::Check {
+                // The engine runs with an older daemon.json than the one on
+                // disk: the host is not as described until someone restarts it.
+                out.item("engine_restart", true, &owed);
+            } else {
+                out.emit("engine_restart", &owed);
+            }
         }
     }
 

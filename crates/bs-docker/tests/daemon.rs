@@ -39,6 +39,33 @@ fn the_merge_keeps_unknown_keys_and_a_second_run_changes_nothing() {
         find(&recs, "daemon_json", "/etc/docker/daemon.json")["changed"],
         false
     );
+
+    // The engine still runs the old daemon.json: check calls that drift
+    // until the owed restart happened (the marker is gone).
+    let (code, recs) = sb.run(&["check"]);
+    assert_eq!(code, 3, "{recs:#?}");
+    assert_eq!(of_type(&recs, "engine_restart")[0]["changed"], true);
+
+    // Restarted by hand: dockerd rewrote its pid file after the change (a
+    // pid file of this live test process, made newer than the marker).
+    let marker = sb.path("/var/lib/bs/docker/restart-pending");
+    let pidfile = sb.path("/var/run/docker.pid");
+    std::fs::create_dir_all(pidfile.parent().unwrap()).unwrap();
+    std::fs::write(&pidfile, format!("{}\n", std::process::id())).unwrap();
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&marker)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    let (code, recs) = sb.run(&["check"]);
+    assert_eq!(code, 0, "{recs:#?}");
+    assert!(of_type(&recs, "engine_restart").is_empty());
+    let (code, recs) = sb.run(&["apply"]);
+    assert_eq!(code, 0, "{recs:#?}");
+    assert_eq!(of_type(&recs, "engine_restart")[0]["done"], true);
+    assert!(!marker.exists(), "the owed restart is settled");
 }
 
 #[test]

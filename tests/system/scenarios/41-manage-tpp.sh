@@ -181,22 +181,30 @@ assert_eq "" "$(svc_log)" "the service manager was not asked anything"
 assert_eq "$chronyd_pid" "$(st_exec cat /run/chrony/chronyd.pid)" "the same chronyd runs"
 assert_eq "$net_id" "$(docker network inspect -f '{{.Id}}' "$jobs_net")" "the same $jobs_net"
 
-# check-backend in a container: every tool but bs-chrony finds no drift either way. bs-chrony's
-# check also asks chronyd about the clock (tpp leaves check_clock on): until the stand-in PTP
-# clock gives time, chrony follows nothing, which is what check must flag on a real TPP host
-# whose PHC is silent (exit 3); fed, the refclock is selected and the container is exactly as
-# tpp wants (exit 0).
-st_step "check-backend: exit 3 while the stand-in PTP clock is silent"
+# check-backend in a container: two things differ from what tpp describes. bs-docker wrote
+# daemon.json but may not restart the engine (tpp: allow_restart = false), so the engine still
+# runs the old file until someone restarts it in a quiet moment: drift. bs-chrony's check also
+# asks chronyd about the clock (tpp leaves check_clock on): until the stand-in PTP clock gives
+# time, chrony follows nothing, which is what check must flag on a real TPP host whose PHC is
+# silent. Once the clock is fed and the engine has restarted, the container is exactly as tpp
+# wants (exit 0).
+st_step "check-backend: exit 3 while the engine restart is owed and the stand-in PTP clock is silent"
 st_tool sh -c 'cd /opt/bs && exec just check-backend tpp'
 assert_eq 3 "$ST_RC" "exit status of 'just check-backend tpp' with the refclock unfed (drift)"
 assert_json_eq 'select(.type == "summary") | "\(.tool) \(.failed) \(.changed) \(.exit)"' \
-    $'bs-users 0 0 0\nbs-perms 0 0 0\nbs-docker 0 0 0\nbs-chrony 0 0 3\nbs-jobs 0 0 0' \
-    "$ST_JSON" "only bs-chrony finds something"
+    $'bs-users 0 0 0\nbs-perms 0 0 0\nbs-docker 0 1 3\nbs-chrony 0 0 3\nbs-jobs 0 0 0' \
+    "$ST_JSON" "only bs-docker and bs-chrony find something"
+assert_json_eq 'select(.type == "engine_restart") | [.needed, .changed]' '[true,true]' "$ST_JSON" \
+    "bs-docker: the engine restart is owed"
 assert_json_eq 'select(.type == "clock") | .refclock_selected' false "$ST_JSON" \
     "the clock record says the refclock is not selected"
 
-st_step "check-backend: exit 0 once the stand-in PTP clock gives time"
+st_step "check-backend: exit 0 once the stand-in PTP clock gives time and the engine has restarted"
 st_feed_refclock "$sock" PHC0
+# The engine the container talks to is the host's, which this test must never restart. What
+# bs-docker looks for is what dockerd leaves when it starts: a pid file, of a running process,
+# newer than the owed-restart marker. The container's PID 1 stands in for that dockerd.
+st_exec sh -c 'sleep 1 && echo 1 >/var/run/docker.pid'
 st_tool sh -c 'cd /opt/bs && exec just check-backend tpp'
 assert_eq 0 "$ST_RC" "exit status of 'just check-backend tpp' (converged, the clock on the refclock)"
 assert_json_eq 'select(.type == "clock") | [.selected_source, .refclock_selected, .synchronised]' \
