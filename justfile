@@ -37,11 +37,15 @@ test-unit:
 test-system: build
     BS_BIN_DIR={{release}} tests/system/run
 
-# fmt --check, clippy -D warnings, then every test.
-check:
+# fmt --check, clippy -D warnings, shellcheck on every script, then every test.
+check: lint-shell
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
     just test
+
+# shellcheck on every shell script git tracks (bin/, bench/, tests/, .ci/).
+lint-shell:
+    git ls-files -z | xargs -0 grep -lZ -m1 -E '^#!.*\b(bash|sh)\b' | xargs -0 shellcheck -x tests/system/lib.sh
 
 # Benchmarks: each tool against its baseline in one run; ratios go to BENCHMARKS.md.
 bench: build

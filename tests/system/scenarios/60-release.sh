@@ -166,9 +166,9 @@ assert_eq 0 "$ST_RC" "audit"
 for pair in "test-researcher create" "test-researcher add" "test-researcher submit" \
     "test-researcher refused" "test-reviewer vote" "test-developer vote" "test-developer comment" \
     "test-developer approve" "test-reviewer upload" "test-reviewer publish"; do
-    set -- $pair
-    n=$(count ".type==\"audit\" and .user==\"$1\" and .action==\"$2\"")
-    [[ $n -gt 0 ]] || st_fail "audit: no $2 by $1"
+    read -r who what <<<"$pair"
+    n=$(count ".type==\"audit\" and .user==\"$who\" and .action==\"$what\"")
+    [[ $n -gt 0 ]] || st_fail "audit: no $what by $who"
 done
 assert_eq "opensafely 640" "$(st_exec stat -c '%U %a' /var/lib/bs/release/audit.jsonl)" "audit file"
 assert_eq 1 "$(count '.type=="audit" and .action=="refused" and .request=="'"$id"'" and .user=="test-researcher" and (.detail.error | test("review their own"))')" \
