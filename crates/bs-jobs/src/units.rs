@@ -7,8 +7,6 @@
 //! their `BS_REPO` is the config snapshot under `/var/lib/bs/repo`
 //! ([`bs_core::config::snapshot`]), which every apply refreshes first.
 
-use std::path::Path;
-
 use bs_core::cmd::{Cmd, Runner};
 use bs_core::config::{Config, Snapshot, Source, SNAPSHOT_DIR};
 use bs_core::plan::{Change, Mode};
@@ -195,10 +193,9 @@ pub fn converge(
                 "message": "the config snapshot changed: the poller and the worker use it from their next start"}),
         );
     }
-    // sd_booted(3): without /run/systemd/system systemd is not the init
-    // (a container, a chroot); the units are in place for when it is.
-    if mode == Mode::Apply && wrote && root.is_live() && !Path::new("/run/systemd/system").exists()
-    {
+    // Not systemd's machine (a container, a chroot): the units are in
+    // place for when it is.
+    if mode == Mode::Apply && wrote && root.is_live() && !bs_core::cmd::systemd_is_init() {
         out.emit(
             "note",
             &serde_json::json!({"target": "systemd", "message": "systemd is not running here: units written, not enabled"}),
