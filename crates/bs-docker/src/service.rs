@@ -101,17 +101,19 @@ pub fn desired(
         tmpfs: BTreeMap::new(),
     };
     let healthcheck = (!s.healthcheck.is_empty()).then(|| {
-        let secs = s.healthcheck_interval_secs.max(1) as i64 * 1_000_000_000;
+        let nanos = |secs: u64| i64::try_from(secs).unwrap_or(i64::MAX / NANOS) * NANOS;
+        let interval = s.healthcheck_interval_secs.max(1);
         HealthConfig {
             test: Some(
                 std::iter::once("CMD".to_string())
                     .chain(s.healthcheck.iter().cloned())
                     .collect(),
             ),
-            interval: Some(secs),
-            timeout: Some(secs),
-            retries: Some(3),
-            start_period: None,
+            interval: Some(nanos(interval)),
+            timeout: Some(nanos(s.healthcheck_timeout_secs.unwrap_or(interval))),
+            retries: Some(i64::from(s.healthcheck_retries)),
+            start_period: (s.healthcheck_start_period_secs > 0)
+                .then(|| nanos(s.healthcheck_start_period_secs)),
             start_interval: None,
         }
     });
@@ -126,6 +128,8 @@ pub fn desired(
     })
 }
 
+const NANOS: i64 = 1_000_000_000;
+
 /// The hash over everything that shapes the container. Env values are in
 /// it (a changed secret must recreate) but only as a digest.
 pub fn spec_hash(spec: &ContainerSpec, health: Option<&HealthConfig>, image_id: &str) -> String {
@@ -133,11 +137,23 @@ pub fn spec_hash(spec: &ContainerSpec, health: Option<&HealthConfig>, image_id: 
     struct Hashed<'a> {
         spec: &'a ContainerSpec,
         health: Option<(&'a Option<Vec<String>>, Option<i64>)>,
+        /// Timeout, retries and start period, only when they differ from
+        /// what every health check had before they could be set (timeout =
+        /// interval, 3 retries, no start period): so a host's containers are
+        /// not all recreated by the upgrade that made them settable.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        health_timing: Option<(Option<i64>, Option<i64>, Option<i64>)>,
         image_id: &'a str,
     }
+    let health_timing = health.and_then(|h| {
+        let old_default =
+            h.timeout == h.interval && h.retries == Some(3) && h.start_period.is_none();
+        (!old_default).then_some((h.timeout, h.retries, h.start_period))
+    });
     let text = serde_json::to_vec(&Hashed {
         spec,
         health: health.map(|h| (&h.test, h.interval)),
+        health_timing,
         image_id,
     })
     .unwrap_or_default();
@@ -319,6 +335,50 @@ pub fn status_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn health(timeout: i64, retries: i64, start: Option<i64>) -> HealthConfig {
+        HealthConfig {
+            test: Some(vec!["CMD".into(), "true".into()]),
+            interval: Some(30 * NANOS),
+            timeout: Some(timeout * NANOS),
+            retries: Some(retries),
+            start_period: start.map(|s| s * NANOS),
+            start_interval: None,
+        }
+    }
+
+    /// Health checks from before timeout, retries and start period could be
+    /// set must keep their hash, or upgrading bs would recreate them all.
+    #[test]
+    fn the_old_default_health_timing_keeps_the_hash_and_any_change_recreates() {
+        let spec = ContainerSpec::default();
+        #[derive(Serialize)]
+        struct Before<'a> {
+            spec: &'a ContainerSpec,
+            health: Option<(&'a Option<Vec<String>>, Option<i64>)>,
+            image_id: &'a str,
+        }
+        let old = health(30, 3, None);
+        let before = serde_json::to_vec(&Before {
+            spec: &spec,
+            health: Some((&old.test, old.interval)),
+            image_id: "sha256:x",
+        })
+        .unwrap();
+        let before = hex::encode(&Sha256::digest(&before)[..12]);
+        assert_eq!(spec_hash(&spec, Some(&old), "sha256:x"), before);
+        for changed in [
+            health(5, 3, None),
+            health(30, 5, None),
+            health(30, 3, Some(60)),
+        ] {
+            assert_ne!(
+                spec_hash(&spec, Some(&changed), "sha256:x"),
+                before,
+                "{changed:?}"
+            );
+        }
+    }
 
     #[test]
     fn env_files_parse_comments_export_and_quotes() {

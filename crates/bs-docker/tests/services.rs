@@ -406,11 +406,19 @@ fn a_health_check_shows_starting_then_active_and_ports_bind_to_the_given_address
     sb.backend(&service_toml(
         &name,
         &image,
-        &format!("healthcheck = [\"true\"]\nhealthcheck_interval_secs = 1\nports = [\"127.0.0.1:{port}:8000\"]\nrestart = \"always\""),
+        &format!("healthcheck = [\"true\"]\nhealthcheck_interval_secs = 1\nhealthcheck_timeout_secs = 2\nhealthcheck_retries = 4\nhealthcheck_start_period_secs = 5\nports = [\"127.0.0.1:{port}:8000\"]\nrestart = \"always\""),
     ));
     let (code, recs) = sb.run(&["apply"]);
     assert_eq!(code, 0, "{recs:#?}");
-    let h = e.inspect(&name).unwrap().unwrap().host_config.unwrap();
+    let inspected = e.inspect(&name).unwrap().unwrap();
+    let hc = inspected.config.unwrap().healthcheck.unwrap();
+    let s = 1_000_000_000;
+    assert_eq!(
+        (hc.interval, hc.timeout, hc.retries, hc.start_period),
+        (Some(s), Some(2 * s), Some(4), Some(5 * s)),
+        "the engine holds the health check timing as configured"
+    );
+    let h = inspected.host_config.unwrap();
     let b = &h.port_bindings.unwrap()["8000/tcp"].clone().unwrap()[0];
     assert_eq!(
         (b.host_ip.as_deref(), b.host_port.clone()),

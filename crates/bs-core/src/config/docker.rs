@@ -104,6 +104,13 @@ pub struct ServiceSpec {
     /// A health check command (run with the image's shell as `CMD`).
     pub healthcheck: Vec<String>,
     pub healthcheck_interval_secs: u64,
+    /// How long one check may take; unset: the interval.
+    pub healthcheck_timeout_secs: Option<u64>,
+    /// Failed checks in a row before the container is unhealthy.
+    pub healthcheck_retries: u32,
+    /// Grace time after start in which failures do not count (a service
+    /// that migrates its database first).
+    pub healthcheck_start_period_secs: u64,
 }
 
 impl Default for ServiceSpec {
@@ -128,6 +135,9 @@ impl Default for ServiceSpec {
             network: "bridge".into(),
             healthcheck: Vec::new(),
             healthcheck_interval_secs: 30,
+            healthcheck_timeout_secs: None,
+            healthcheck_retries: 3,
+            healthcheck_start_period_secs: 0,
         }
     }
 }
@@ -303,6 +313,15 @@ impl DockerConfig {
                 if !(c > 0.0 && c <= 1024.0) {
                     return Err(layers.error(&key("cpus"), "must be > 0"));
                 }
+            }
+            if s.healthcheck_interval_secs == 0 || s.healthcheck_timeout_secs == Some(0) {
+                return Err(layers.error(
+                    &key("healthcheck_interval_secs"),
+                    "the health check interval and timeout must be at least 1 s",
+                ));
+            }
+            if s.healthcheck_retries == 0 {
+                return Err(layers.error(&key("healthcheck_retries"), "must be at least 1"));
             }
             if s.pids_limit.is_some_and(|p| p <= 0) {
                 return Err(layers.error(&key("pids_limit"), "must be > 0"));

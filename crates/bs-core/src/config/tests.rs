@@ -154,3 +154,22 @@ fn backend_names_cannot_walk_out_of_backends() {
     .unwrap_err();
     assert!(matches!(err, CoreError::Usage(_)));
 }
+
+#[test]
+fn a_health_check_that_could_never_pass_or_fail_is_refused() {
+    for (setting, key) in [
+        ("healthcheck_retries = 0", "healthcheck_retries"),
+        ("healthcheck_timeout_secs = 0", "healthcheck_interval_secs"),
+        ("healthcheck_interval_secs = 0", "healthcheck_interval_secs"),
+    ] {
+        let repo = Repo::new(&format!(
+            "[backend]\nname = \"test\"\n[docker.services.web]\nimage = \"web:1\"\nhealthcheck = [\"true\"]\n{setting}\n"
+        ));
+        match repo.load().unwrap_err() {
+            CoreError::Config { key: k, .. } => {
+                assert_eq!(k, format!("docker.services.web.{key}"), "{setting}")
+            }
+            other => panic!("{setting}: {other:?}"),
+        }
+    }
+}
