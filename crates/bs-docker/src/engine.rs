@@ -356,6 +356,33 @@ impl ContainerSpec {
                 "mounts: wanted {want_mounts:?}, got {got_mounts:?}"
             ));
         }
+        // A port published on another address than declared (0.0.0.0 for
+        // 127.0.0.1) would put a service on the partner's network.
+        let mut want_ports: Vec<(String, String, String)> = self
+            .ports
+            .iter()
+            .map(|p| (p.key(), p.host_ip.clone(), p.host_port.to_string()))
+            .collect();
+        want_ports.sort();
+        let mut got_ports: Vec<(String, String, String)> = host
+            .port_bindings
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|(key, bindings)| {
+                bindings.unwrap_or_default().into_iter().map(move |b| {
+                    (
+                        key.clone(),
+                        b.host_ip.unwrap_or_default(),
+                        b.host_port.unwrap_or_default(),
+                    )
+                })
+            })
+            .collect();
+        got_ports.sort();
+        if want_ports != got_ports {
+            out.push(format!("ports: wanted {want_ports:?}, got {got_ports:?}"));
+        }
         if self.read_only != host.readonly_rootfs.unwrap_or(false) {
             out.push(format!("read_only: wanted {}", self.read_only));
         }

@@ -49,9 +49,7 @@ fn the_merge_keeps_unknown_keys_and_a_second_run_changes_nothing() {
     // Restarted by hand: dockerd rewrote its pid file after the change (a
     // pid file of this live test process, made newer than the marker).
     let marker = sb.path("/var/lib/bs/docker/restart-pending");
-    let pidfile = sb.path("/var/run/docker.pid");
-    std::fs::create_dir_all(pidfile.parent().unwrap()).unwrap();
-    std::fs::write(&pidfile, format!("{}\n", std::process::id())).unwrap();
+    sb.engine_restarted_by_hand();
     let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
     std::fs::File::options()
         .write(true)

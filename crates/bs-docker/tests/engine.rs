@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use bs_docker::engine::{labels, BindMount, ContainerSpec, Engine, EngineError};
+use bs_docker::engine::{labels, BindMount, ContainerSpec, Engine, EngineError, PortSpec};
 use common::*;
 
 #[test]
@@ -132,14 +132,30 @@ fn a_mismatch_between_spec_and_container_is_reported() {
         labels: test_labels(),
         ..Default::default()
     };
+    let spec = ContainerSpec {
+        ports: vec![PortSpec {
+            host_ip: "127.0.0.1".into(),
+            host_port: 18099,
+            container_port: 8000,
+            protocol: "tcp".into(),
+        }],
+        ..spec
+    };
     let id = engine.create_container(&spec).unwrap();
     let inspected = engine.inspect(&id).unwrap().unwrap();
+    assert_eq!(
+        spec.mismatches(&inspected),
+        Vec::<String>::new(),
+        "as created"
+    );
     let mut other = spec.clone();
     other.user = Some("0:0".into());
     other.pids_limit = Some(10);
+    other.ports[0].host_ip = "0.0.0.0".into();
     let m = other.mismatches(&inspected);
     assert!(m.iter().any(|s| s.starts_with("user")), "{m:?}");
     assert!(m.iter().any(|s| s.starts_with("pids_limit")), "{m:?}");
+    assert!(m.iter().any(|s| s.starts_with("ports")), "{m:?}");
 }
 
 #[test]

@@ -49,6 +49,7 @@ fn a_service_is_created_and_a_second_apply_leaves_it_alone() {
         id,
         "an unchanged service keeps its container"
     );
+    sb.engine_restarted_by_hand();
     let (code, recs) = sb.run(&["check"]);
     assert_eq!(code, 0, "{recs:#?}");
 
@@ -247,6 +248,7 @@ fn a_network_is_created_and_drift_is_reported_and_recreated_only_when_free() {
         Some("false")
     );
     assert_eq!(n.internal, Some(true));
+    sb.engine_restarted_by_hand();
     assert_eq!(sb.run(&["check"]).0, 0);
 
     // Declared no longer internal: drift.
@@ -315,6 +317,7 @@ fn declared_network_labels_are_set_at_creation_and_a_changed_one_is_drift() {
         have.get("bs.managed-by").map(String::as_str),
         Some("bs-docker")
     );
+    sb.engine_restarted_by_hand();
     assert_eq!(sb.run(&["check"]).0, 0, "the labels it set are not drift");
 
     declare("two");

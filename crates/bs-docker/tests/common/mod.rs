@@ -174,6 +174,18 @@ impl Sandbox {
         std::fs::write(self.root.path().join("etc/bs/local.toml"), body).unwrap();
     }
 
+    /// What an operator's restart of the engine leaves behind: dockerd's
+    /// pid file, newer than the owed-restart marker, naming a live process
+    /// (this test's). apply writes daemon.json under the sandbox and, with
+    /// restarts not allowed, owes a restart that `check` counts as drift.
+    pub fn engine_restarted_by_hand(&self) {
+        std::fs::write(
+            self.path("/var/run/docker.pid"),
+            format!("{}\n", std::process::id()),
+        )
+        .unwrap();
+    }
+
     pub fn path(&self, system: &str) -> std::path::PathBuf {
         self.root.path().join(system.trim_start_matches('/'))
     }
