@@ -104,9 +104,7 @@ impl JobsConfig {
         if self.default_pids <= 0 {
             return Err(layers.error("jobs.default_pids", "must be at least 1"));
         }
-        let http_url =
-            self.controller.starts_with("https://") || self.controller.starts_with("http://");
-        if !self.controller.is_empty() && !http_url {
+        if !self.controller.is_empty() && !super::is_http_url(&self.controller) {
             return Err(layers.error("jobs.controller", "must be an http(s) URL"));
         }
         for t in &self.medium_allowed_types {

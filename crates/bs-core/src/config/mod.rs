@@ -188,6 +188,18 @@ pub fn repo_layers(backend: &str) -> [PathBuf; 2] {
     ]
 }
 
+/// An `http://` or `https://` URL with something after the scheme and no
+/// white space: the one check for every configured server (the key source,
+/// the job server, the release server).
+fn is_http_url(url: &str) -> bool {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|r| {
+        !r.is_empty() && !r.starts_with('/') && !r.chars().any(char::is_whitespace)
+    })
+}
+
 fn validate_backend_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name

@@ -100,10 +100,7 @@ impl ReleaseConfig {
                 }
             }
         }
-        let url_ok = self.server.is_empty()
-            || self.server.starts_with("https://")
-            || self.server.starts_with("http://");
-        if !url_ok {
+        if !self.server.is_empty() && !super::is_http_url(&self.server) {
             return Err(layers.error("release.server", "must be an http:// or https:// URL"));
         }
         for ext in &self.allowed_extensions {

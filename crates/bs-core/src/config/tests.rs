@@ -173,3 +173,42 @@ fn a_health_check_that_could_never_pass_or_fail_is_refused() {
         }
     }
 }
+
+#[test]
+fn every_server_url_must_be_http_or_https_with_a_host() {
+    use super::is_http_url;
+    for good in [
+        "https://github-proxy.opensafely.org",
+        "http://127.0.0.1:8765/keys",
+    ] {
+        assert!(is_http_url(good), "{good}");
+    }
+    for bad in [
+        "",
+        "httpx://a",
+        "http://",
+        "https:///path",
+        "ftp://a",
+        "http://a b",
+        "github.com",
+    ] {
+        assert!(!is_http_url(bad), "{bad:?}");
+    }
+    for (setting, key) in [
+        (
+            "[users]\nfetch_keys = true\nkey_source = \"httpx://proxy\"\n",
+            "users.key_source",
+        ),
+        ("[jobs]\ncontroller = \"jobs.example\"\n", "jobs.controller"),
+        ("[release]\nserver = \"https://\"\n", "release.server"),
+    ] {
+        // researchers: release's default authors must be a declared group.
+        let repo = Repo::new(&format!(
+            "[backend]\nname = \"test\"\n[users.groups.researchers]\n{setting}"
+        ));
+        match repo.load().unwrap_err() {
+            CoreError::Config { key: k, .. } => assert_eq!(k, key, "{setting}"),
+            other => panic!("{setting}: {other:?}"),
+        }
+    }
+}

@@ -111,7 +111,7 @@ impl UsersConfig {
                 ));
             }
         }
-        if self.fetch_keys && !self.key_source.starts_with("http") {
+        if self.fetch_keys && !super::is_http_url(&self.key_source) {
             return Err(layers.error(
                 "users.key_source",
                 "fetch_keys is on, so key_source must be an http(s) URL",
