@@ -103,6 +103,9 @@ pub struct Ctx<'a> {
     /// after a change (`root.is_live()`; tests of the restart bookkeeping
     /// set it on a sandbox with a recording runner).
     pub live: bool,
+    /// Whether systemd is this machine's init (`bs_core::cmd::systemd_is_init`;
+    /// tests of the systemd path on a machine without it set it).
+    pub systemd_is_init: bool,
 }
 
 impl Ctx<'_> {
@@ -129,6 +132,7 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>, Error> {
         cfg: &config.chrony,
         runner: &runner,
         live: root.is_live(),
+        systemd_is_init: bs_core::cmd::systemd_is_init(),
     };
     match cli.verb {
         Verb::Plan => {
@@ -441,9 +445,7 @@ fn apply(
         .iter()
         .find(|c| matches!(c, ChronyChange::Restart { .. }))
     {
-        if let Some(why) =
-            restart::cannot_drive_services(cfg, live, bs_core::cmd::systemd_is_init())
-        {
+        if let Some(why) = restart::cannot_drive_services(cfg, live, ctx.systemd_is_init) {
             // Nothing is stopped or restarted; the restart stays owed (the
             // pending marker is kept) until the config says how.
             out.error("no_systemd", &cfg.service, &why);

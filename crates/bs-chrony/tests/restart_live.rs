@@ -59,11 +59,23 @@ fn converge_live(
     runner: &Mixed,
     mode: Mode,
 ) -> Vec<serde_json::Value> {
+    // The recording runner plays systemd, whatever this machine's init.
+    converge_live_on(root, config, runner, mode, true)
+}
+
+fn converge_live_on(
+    root: &Root,
+    config: &Config,
+    runner: &Mixed,
+    mode: Mode,
+    systemd_is_init: bool,
+) -> Vec<serde_json::Value> {
     let ctx = Ctx {
         root,
         cfg: &config.chrony,
         runner,
         live: true,
+        systemd_is_init,
     };
     let (mut out, cap) = Output::capture("bs-chrony");
     out.set_mode(mode);
@@ -150,4 +162,21 @@ fn an_active_timesyncd_on_a_live_host_is_reported() {
     assert_eq!(pkg[1]["target"], "systemd-timesyncd");
     assert_eq!(pkg[1]["state"], "active");
     assert_eq!(error_kinds(&recs), vec!["timesyncd_active"]);
+}
+
+#[test]
+fn without_systemd_as_init_no_service_is_touched_and_the_restart_stays_owed() {
+    let (sb, root, config, runner) = setup("inactive\n");
+    let recs = converge_live_on(&root, &config, &runner, Mode::Apply, false);
+    assert_eq!(error_kinds(&recs), vec!["no_systemd"], "{recs:#?}");
+    assert!(sb.read("/etc/chrony/conf.d/bs-hyperv-ptp.conf").is_some());
+    assert!(sb.path(PENDING).exists(), "the restart is still owed");
+    let services: Vec<String> = runner
+        .rec
+        .ran_lines()
+        .into_iter()
+        .filter(|l| !l.contains("timesyncd"))
+        .collect();
+    assert_eq!(services, Vec::<String>::new(), "no service command ran");
+    assert!(of_type(&recs, "restart_step").is_empty());
 }
