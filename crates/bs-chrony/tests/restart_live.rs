@@ -52,6 +52,16 @@ fn setup(timesyncd: &str) -> (Sandbox, Root, Config, Mixed) {
     (sb, root, config, runner)
 }
 
+/// The service commands that ran (the timesyncd query aside).
+fn service_commands(runner: &Mixed) -> Vec<String> {
+    runner
+        .rec
+        .ran_lines()
+        .into_iter()
+        .filter(|l| !l.contains("timesyncd"))
+        .collect()
+}
+
 /// One converge on a root treated as live; its records.
 fn converge_live(
     root: &Root,
@@ -98,12 +108,7 @@ fn a_failed_restart_is_retried_by_the_next_run_and_services_always_come_back() {
     assert_eq!(error_kinds(&recs), vec!["restart_failed"], "{recs:#?}");
     assert!(sb.read("/etc/chrony/conf.d/bs-hyperv-ptp.conf").is_some());
     assert!(sb.path(PENDING).exists(), "the restart is still owed");
-    let services: Vec<String> = runner
-        .rec
-        .ran_lines()
-        .into_iter()
-        .filter(|l| !l.contains("timesyncd"))
-        .collect();
+    let services = service_commands(&runner);
     assert_eq!(
         services,
         vec![
@@ -171,12 +176,7 @@ fn without_systemd_as_init_no_service_is_touched_and_the_restart_stays_owed() {
     assert_eq!(error_kinds(&recs), vec!["no_systemd"], "{recs:#?}");
     assert!(sb.read("/etc/chrony/conf.d/bs-hyperv-ptp.conf").is_some());
     assert!(sb.path(PENDING).exists(), "the restart is still owed");
-    let services: Vec<String> = runner
-        .rec
-        .ran_lines()
-        .into_iter()
-        .filter(|l| !l.contains("timesyncd"))
-        .collect();
+    let services = service_commands(&runner);
     assert_eq!(services, Vec::<String>::new(), "no service command ran");
     assert!(of_type(&recs, "restart_step").is_empty());
 }
