@@ -441,6 +441,17 @@ st_dump() {
 
 # --- stand-ins for what a container lacks: a service manager, a key server, a PTP clock ---------
 
+# st_engine_restarted_by_hand: what an operator's restart of the Docker engine leaves for
+# bs-docker to see, in the current container. bs-docker wrote the container's daemon.json and,
+# with restarts not allowed (the default), owes a restart that `check` counts as drift until
+# dockerd's pid file, of a running process, is newer than its marker. The engine these
+# containers reach is the host's, which a test must never restart: the container's PID 1
+# stands in for that dockerd.
+st_engine_restarted_by_hand() {
+    st_exec sh -c 'echo 1 >/var/run/docker.pid &&
+        touch -r /var/lib/bs/docker/restart-pending -d "+1 second" /var/run/docker.pid'
+}
+
 # st_standin_services UNIT...: a stand-in service manager for a container without systemd, and the
 # services it manages "running". /usr/local/sbin/bs-svc VERB UNIT appends "VERB UNIT" to
 # /var/log/bs-svc.log (the order bs-chrony asked in); chrony.service is the real chronyd, run with

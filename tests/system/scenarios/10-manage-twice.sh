@@ -66,7 +66,8 @@ assert_json_eq '[.[] | select(.changed == true)] | length' 0 "$(jq -s -c . <<<"$
     "second run: no record says it changed something"
 printf 'second run summaries:\n%s\n' "$(st_summaries)" >&2
 
-st_step "check-backend finds no drift"
+st_step "check-backend finds no drift (once the engine restart bs-docker owes for daemon.json is done)"
+st_engine_restarted_by_hand
 st_tool sh -c 'cd /opt/bs && exec just check-backend test'
 assert_json_lines "$ST_JSON" "check-backend: stdout"
 for tool in $(jq -r 'select(.type == "summary") | .tool' <<<"$ST_JSON"); do

@@ -63,7 +63,11 @@ assert_eq 0 "$ST_RC" "second apply exits 0"
 assert_json_eq 'select(.type=="summary") | .changed' 0 "$ST_JSON" "nothing changed"
 assert_eq "$id1" "$(docker inspect -f '{{.Id}}' "$svc")" "same container id"
 bsd check
-assert_eq 0 "$ST_RC" "check finds no drift"
+assert_eq 3 "$ST_RC" "check: the engine restart owed for daemon.json is drift"
+assert_json_eq 'select(.type=="engine_restart") | [.needed, .changed]' '[true,true]' "$ST_JSON" "the owed restart is the drift"
+st_engine_restarted_by_hand
+bsd check
+assert_eq 0 "$ST_RC" "check finds no drift once the engine has restarted"
 
 st_step "clean up the service and the network on the host engine"
 docker rm -f "$svc" >/dev/null

@@ -201,10 +201,7 @@ assert_json_eq 'select(.type == "clock") | .refclock_selected' false "$ST_JSON" 
 
 st_step "check-backend: exit 0 once the stand-in PTP clock gives time and the engine has restarted"
 st_feed_refclock "$sock" PHC0
-# The engine the container talks to is the host's, which this test must never restart. What
-# bs-docker looks for is what dockerd leaves when it starts: a pid file, of a running process,
-# newer than the owed-restart marker. The container's PID 1 stands in for that dockerd.
-st_exec sh -c 'sleep 1 && echo 1 >/var/run/docker.pid'
+st_engine_restarted_by_hand
 st_tool sh -c 'cd /opt/bs && exec just check-backend tpp'
 assert_eq 0 "$ST_RC" "exit status of 'just check-backend tpp' (converged, the clock on the refclock)"
 assert_json_eq 'select(.type == "clock") | [.selected_source, .refclock_selected, .synchronised]' \
