@@ -1,6 +1,8 @@
 //! Which keys a user ends up with: the repository's keys/<login> plus the
 //! fetched ones, or, when the fetch failed, the last good fetched ones.
 
+use std::collections::BTreeSet;
+
 use crate::fetch::Fetched;
 use crate::keys::{self, BadLine, Key};
 
@@ -22,6 +24,22 @@ impl Resolved {
 
     pub fn fingerprints(&self) -> Vec<String> {
         self.keys.iter().map(|k| k.fingerprint.clone()).collect()
+    }
+
+    /// What writing these keys over the installed keys file `current`
+    /// changes: the fingerprints (added, removed), for the records.
+    pub fn diff(&self, current: Option<&str>) -> (Vec<String>, Vec<String>) {
+        let before: BTreeSet<String> = current
+            .map(keys::read_installed)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| k.fingerprint)
+            .collect();
+        let after: BTreeSet<String> = self.fingerprints().into_iter().collect();
+        (
+            after.difference(&before).cloned().collect(),
+            before.difference(&after).cloned().collect(),
+        )
     }
 }
 
@@ -59,6 +77,28 @@ pub fn resolve(
 mod tests {
     use super::*;
     use crate::keys::tests::{ED1, ED2};
+
+    #[test]
+    fn the_diff_names_the_keys_added_and_removed_by_fingerprint() {
+        let only = |text: &str| resolve("alice", Some(text), None, None);
+        let (one, two) = (only(ED1), only(ED2));
+        let installed = one.content();
+        assert_eq!(
+            one.diff(Some(&installed)),
+            (vec![], vec![]),
+            "nothing changes"
+        );
+        assert_eq!(
+            one.diff(None),
+            (one.fingerprints(), vec![]),
+            "a first keys file"
+        );
+        assert_eq!(
+            two.diff(Some(&installed)),
+            (two.fingerprints(), one.fingerprints()),
+            "one key replaced by another"
+        );
+    }
 
     #[test]
     fn a_failed_fetch_keeps_the_last_good_keys() {

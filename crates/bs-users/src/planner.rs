@@ -13,7 +13,6 @@ use bs_core::Output;
 use crate::changes::UserChange;
 use crate::error::UsersError;
 use crate::files::{self, KeyHome};
-use crate::keys;
 use crate::keyset::{self, Resolved};
 use crate::state::{self, Ledger};
 use crate::Run;
@@ -213,19 +212,12 @@ pub fn plan(
         };
         if current.as_deref() != Some(content.as_str()) {
             touched = true;
-            let before: BTreeSet<String> = current
-                .as_deref()
-                .map(keys::read_installed)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|k| k.fingerprint)
-                .collect();
-            let after: BTreeSet<String> = resolved.fingerprints().into_iter().collect();
+            let (added, removed) = resolved.diff(current.as_deref());
             p.changes.push(UserChange::WriteKeys {
                 target: name.clone(),
                 fingerprints: resolved.fingerprints(),
-                added: after.difference(&before).cloned().collect(),
-                removed: before.difference(&after).cloned().collect(),
+                added,
+                removed,
             });
         }
         p.keys.insert(name.clone(), resolved);

@@ -4,7 +4,6 @@
 //! keeps that user's last good keys (error record, exit 1) while every
 //! other user is still refreshed.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -17,7 +16,6 @@ use bs_core::{CoreError, Output, Root};
 use crate::error::UsersError;
 use crate::fetch::Fetcher;
 use crate::files::{KeyHome, Placement};
-use crate::keys;
 use crate::keyset;
 use crate::state::{self, RefreshResult, Snapshot};
 
@@ -109,22 +107,14 @@ pub fn run(
                 &json!({"action": "none", "target": user.name}),
             );
         } else {
-            let before: BTreeSet<String> = current
-                .as_deref()
-                .map(keys::read_installed)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|k| k.fingerprint)
-                .collect();
-            let after: BTreeSet<String> = resolved.fingerprints().into_iter().collect();
+            let (added, removed) = resolved.diff(current.as_deref());
             match placement.write(root, &home, &content) {
                 Ok(_) => out.item(
                     "keys",
                     true,
                     &json!({"action": "write_keys", "target": user.name,
                             "fingerprints": resolved.fingerprints(),
-                            "added": after.difference(&before).collect::<Vec<_>>(),
-                            "removed": before.difference(&after).collect::<Vec<_>>()}),
+                            "added": added, "removed": removed}),
                 ),
                 Err(e) => out.error("keys_refused", &user.name, &e.to_string()),
             }
