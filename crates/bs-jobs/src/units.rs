@@ -184,34 +184,50 @@ pub fn converge(
             );
         }
     }
-    if snapshot_wrote && !wrote {
-        // Units unchanged, so nothing starts them afresh. Not restarted here: the services read their config once, at start,
-        // and restarting the worker would re-run every job it is running.
+    // The services read their config (the snapshot, their unit) once, at
+    // start. The poller is restarted to pick a change up: it only talks to
+    // the job server and the queue on disk, so nothing is lost. The worker
+    // is not: restarting it re-runs every job it is running; it takes the
+    // change at its next start.
+    let config_changed = snapshot_wrote || wrote;
+    if config_changed {
         out.emit(
             "note",
-            &serde_json::json!({"target": "bs-jobs-poller.service bs-jobs-worker.service",
-                "message": "the config snapshot changed: the poller and the worker use it from their next start"}),
+            &serde_json::json!({"target": "bs-jobs-worker.service",
+                "message": "the config changed: a worker already running uses it from its next start (restarting it now would re-run its running jobs)"}),
         );
     }
     // Not systemd's machine (a container, a chroot): the units are in
     // place for when it is.
-    if mode == Mode::Apply && wrote && root.is_live() && !bs_core::cmd::systemd_is_init() {
-        out.emit(
-            "note",
-            &serde_json::json!({"target": "systemd", "message": "systemd is not running here: units written, not enabled"}),
-        );
-    } else if mode == Mode::Apply && wrote {
-        let cmds = [
-            Cmd::new("systemctl").arg("daemon-reload").host(),
+    let no_systemd = root.is_live() && !bs_core::cmd::systemd_is_init();
+    if mode == Mode::Apply && no_systemd {
+        if wrote {
+            out.emit(
+                "note",
+                &serde_json::json!({"target": "systemd", "message": "systemd is not running here: units written, not enabled"}),
+            );
+        }
+    } else if mode == Mode::Apply && config_changed {
+        let mut cmds = Vec::new();
+        if wrote {
+            cmds.push(Cmd::new("systemctl").arg("daemon-reload").host());
+            cmds.push(
+                Cmd::new("systemctl")
+                    .args([
+                        "enable",
+                        "--now",
+                        "bs-jobs-poller.service",
+                        "bs-jobs-worker.service",
+                    ])
+                    .host(),
+            );
+        }
+        // try-restart: only if it runs (enable --now just started it if not).
+        cmds.push(
             Cmd::new("systemctl")
-                .args([
-                    "enable",
-                    "--now",
-                    "bs-jobs-poller.service",
-                    "bs-jobs-worker.service",
-                ])
+                .args(["try-restart", "bs-jobs-poller.service"])
                 .host(),
-        ];
+        );
         for c in cmds {
             let ran = runner.run(&c)?;
             out.emit("command", &ran);

@@ -160,6 +160,28 @@ fn a_changed_backend_toml_is_drift_and_reaches_the_snapshot_at_the_next_apply() 
     let notes = of_type(&recs, "note");
     assert_eq!(notes.len(), 1, "{recs:#?}");
     assert!(notes[0]["message"].as_str().unwrap().contains("next start"));
+    // The poller is restarted to read it (skipped and said so under a
+    // sandbox root); the worker, which would re-run its jobs, is not.
+    let commands: Vec<(String, bool)> = of_type(&recs, "command")
+        .iter()
+        .map(|c| {
+            let argv: Vec<&str> = c["argv"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect();
+            (argv.join(" "), c["skipped"] == true)
+        })
+        .collect();
+    assert_eq!(
+        commands,
+        [(
+            "systemctl try-restart bs-jobs-poller.service".to_string(),
+            true
+        )],
+        "{recs:#?}"
+    );
 
     // The stale plan: its content is not what the checkout says now.
     std::fs::write(&layer, text.replacen("merged change: ", "", 1)).unwrap();
