@@ -201,12 +201,16 @@ impl Ctx<'_> {
         hash::pool(self.config.release.hash_threads)
     }
 
-    /// The pool of `request add`: eight threads a CPU unless configured
-    /// (measured on a 2-CPU VM: 2 threads 1.0 s for 2,000 files of 256 KiB,
-    /// 8 threads 0.7 s, 16 threads 0.55 s, 32 no better; BENCHMARKS.md).
+    /// The pool of `request add` unless configured: 16 threads, or two a
+    /// CPU where that is more. The copies wait for the disk, so the count is
+    /// about the disk's queue more than the CPUs (measured on a 2-CPU VM:
+    /// 2 threads 1.0 s for 2,000 files of 256 KiB, 8 threads 0.7 s, 16
+    /// threads 0.55 s, 32 no better; BENCHMARKS.md). Each thread holds one
+    /// output in memory, at most `max_file_bytes` (16 MiB): 256 MiB at most
+    /// with 16 threads.
     fn copy_threads(&self) -> Option<rayon::ThreadPool> {
         let n = match self.config.release.copy_threads {
-            0 => 8 * std::thread::available_parallelism().map_or(1, usize::from),
+            0 => 16.max(2 * std::thread::available_parallelism().map_or(1, usize::from)),
             n => n,
         };
         hash::pool(n)

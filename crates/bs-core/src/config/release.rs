@@ -42,7 +42,8 @@ pub struct ReleaseConfig {
     pub hash_threads: usize,
     /// Threads for `request add`, which copies, hashes and checks each file
     /// at once; the copies wait for the disk, so more threads than CPUs keep
-    /// both the CPUs and the disk's queue busy. 0 = eight per CPU.
+    /// both the CPUs and the disk's queue busy. 0 = 16, or two per CPU where
+    /// that is more.
     pub copy_threads: usize,
 }
 
