@@ -219,19 +219,19 @@ pub fn restart_marker(root: &Root) -> PathBuf {
 /// file when it starts: a pid file of a running process that is newer than
 /// the marker says so. Unknown (no pid file, no such process) is "no".
 pub fn restarted_since(root: &Root, marker: &Path) -> bool {
-    let pidfile = root.join("/var/run/docker.pid");
-    let (Ok(pid_meta), Ok(marker_meta)) = (std::fs::metadata(&pidfile), std::fs::metadata(marker))
-    else {
+    use std::io::Read;
+    let Ok(mut pidfile) = std::fs::File::open(root.join("/var/run/docker.pid")) else {
         return false;
     };
-    let alive = std::fs::read_to_string(&pidfile)
-        .ok()
-        .and_then(|t| t.trim().parse::<u32>().ok())
-        .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).is_dir());
-    match (pid_meta.modified(), marker_meta.modified()) {
-        (Ok(started), Ok(owed)) => alive && started > owed,
-        _ => false,
-    }
+    let started = pidfile.metadata().and_then(|m| m.modified());
+    let owed = std::fs::metadata(marker).and_then(|m| m.modified());
+    let mut pid = String::new();
+    let alive = pidfile.read_to_string(&mut pid).is_ok()
+        && pid
+            .trim()
+            .parse::<u32>()
+            .is_ok_and(|pid| Path::new("/proc").join(pid.to_string()).is_dir());
+    matches!((started, owed), (Ok(started), Ok(owed)) if alive && started > owed)
 }
 
 #[cfg(test)]

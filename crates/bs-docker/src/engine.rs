@@ -330,7 +330,7 @@ impl ContainerSpec {
         if want_net != got_net && !(want_net == "default" && got_net == "bridge") {
             out.push(format!("network: wanted {want_net:?}, got {got_net:?}"));
         }
-        let mut got_mounts: Vec<(String, String, bool)> = c
+        let got_mounts: Vec<(String, String, bool)> = c
             .mounts
             .clone()
             .unwrap_or_default()
@@ -344,27 +344,20 @@ impl ContainerSpec {
                 )
             })
             .collect();
-        got_mounts.sort();
-        let mut want_mounts: Vec<(String, String, bool)> = self
+        let want_mounts = self
             .mounts
             .iter()
             .map(|m| (m.source.clone(), m.target.clone(), m.read_only))
             .collect();
-        want_mounts.sort();
-        if want_mounts != got_mounts {
-            out.push(format!(
-                "mounts: wanted {want_mounts:?}, got {got_mounts:?}"
-            ));
-        }
+        differ_as_sets("mounts", want_mounts, got_mounts, &mut out);
         // A port published on another address than declared (0.0.0.0 for
         // 127.0.0.1) would put a service on the partner's network.
-        let mut want_ports: Vec<(String, String, String)> = self
+        let want_ports = self
             .ports
             .iter()
             .map(|p| (p.key(), p.host_ip.clone(), p.host_port.to_string()))
             .collect();
-        want_ports.sort();
-        let mut got_ports: Vec<(String, String, String)> = host
+        let got_ports: Vec<(String, String, String)> = host
             .port_bindings
             .clone()
             .unwrap_or_default()
@@ -379,10 +372,7 @@ impl ContainerSpec {
                 })
             })
             .collect();
-        got_ports.sort();
-        if want_ports != got_ports {
-            out.push(format!("ports: wanted {want_ports:?}, got {got_ports:?}"));
-        }
+        differ_as_sets("ports", want_ports, got_ports, &mut out);
         if self.read_only != host.readonly_rootfs.unwrap_or(false) {
             out.push(format!("read_only: wanted {}", self.read_only));
         }
@@ -858,4 +848,19 @@ fn cause_of(e: &BollardError) -> String {
 
 fn libc_o_nofollow() -> i32 {
     libc::O_NOFOLLOW
+}
+
+/// Compare what was declared with what the engine holds, in any order; a
+/// difference is one mismatch line naming `what`.
+fn differ_as_sets<T: Ord + std::fmt::Debug>(
+    what: &str,
+    mut want: Vec<T>,
+    mut got: Vec<T>,
+    out: &mut Vec<String>,
+) {
+    want.sort();
+    got.sort();
+    if want != got {
+        out.push(format!("{what}: wanted {want:?}, got {got:?}"));
+    }
 }

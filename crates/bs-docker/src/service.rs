@@ -101,8 +101,14 @@ pub fn desired(
         tmpfs: BTreeMap::new(),
     };
     let healthcheck = (!s.healthcheck.is_empty()).then(|| {
-        let nanos = |secs: u64| i64::try_from(secs).unwrap_or(i64::MAX / NANOS) * NANOS;
-        let interval = s.healthcheck_interval_secs.max(1);
+        // Saturating: a huge number of seconds must not wrap into a negative
+        // duration (the config check only bounds them from below).
+        let nanos = |secs: u64| {
+            i64::try_from(secs)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(NANOS)
+        };
+        let interval = s.healthcheck_interval_secs;
         HealthConfig {
             test: Some(
                 std::iter::once("CMD".to_string())

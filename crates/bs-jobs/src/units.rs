@@ -8,7 +8,7 @@
 //! ([`bs_core::config::snapshot`]), which every apply refreshes first.
 
 use bs_core::cmd::{Cmd, Runner};
-use bs_core::config::{Config, Snapshot, Source, SNAPSHOT_DIR};
+use bs_core::config::{Config, Snapshot, SNAPSHOT_DIR};
 use bs_core::plan::{Change, Mode};
 use bs_core::safefs::{self, FileSpec};
 use bs_core::{Output, Root};
@@ -67,27 +67,16 @@ pub fn wanted(config: &Config) -> Vec<(String, String)> {
     ]
 }
 
-/// The repository files `config` was loaded from, read again for the snapshot.
-pub fn snapshot(root: &Root, config: &Config) -> Result<Snapshot> {
-    let source = Source {
-        repo: config.repo.clone(),
-        backend: config.backend_dir.clone(),
-    };
-    Ok(Snapshot::capture(&source, root)?)
-}
-
 /// Snapshot files first: the units must never point at a snapshot that is
 /// not there yet.
 pub fn plan(root: &Root, config: &Config, snapshot: &Snapshot) -> Result<Vec<UnitChange>> {
     let mut changes = Vec::new();
-    for file in snapshot.files() {
-        if !snapshot.is_current(root, file)? {
-            changes.push(UnitChange::WriteSnapshot {
-                target: file.target(),
-                source: file.source.display().to_string(),
-                content: file.content.clone(),
-            });
-        }
+    for file in snapshot.stale(root)? {
+        changes.push(UnitChange::WriteSnapshot {
+            target: file.target(),
+            source: file.source.display().to_string(),
+            content: file.content.clone(),
+        });
     }
     let dir = root.join(UNIT_DIR);
     for (name, content) in wanted(config) {
@@ -113,7 +102,7 @@ pub fn converge(
     runner: &dyn Runner,
 ) -> Result<()> {
     out.set_mode(mode);
-    let snap = snapshot(root, config)?;
+    let snap = Snapshot::capture(&config.source(), root)?;
     let fresh = plan(root, config, &snap)?;
     let changes = match given {
         Some(g) => {
@@ -134,23 +123,17 @@ pub fn converge(
         );
     }
     let mut wrote = false;
-    let mut snapshot_wrote = false;
-    for file in snap.files() {
-        let wanted = changes
-            .iter()
-            .any(|c| matches!(c, UnitChange::WriteSnapshot { .. }) && c.target() == file.target());
-        let changed = match (wanted, mode) {
-            (false, _) => false,
-            (true, Mode::Apply) => snap.write(root, file)?,
-            (true, _) => true,
-        };
-        snapshot_wrote |= changed && mode == Mode::Apply;
-        out.item("snapshot", changed, &Snapshot::record(file, changed));
-    }
-    if mode == Mode::Apply {
-        // Whether or not this run wrote it: the units point there.
-        snap.load(root)?;
-    }
+    // Only the snapshot files the (possibly given) plan still names.
+    let stale: Vec<_> = snap
+        .files()
+        .iter()
+        .filter(|f| {
+            changes
+                .iter()
+                .any(|c| matches!(c, UnitChange::WriteSnapshot { .. }) && c.target() == f.target())
+        })
+        .collect();
+    let snapshot_wrote = snap.converge(root, mode, &stale, out)?;
     for change in &changes {
         let UnitChange::WriteUnit { target, content } = change else {
             continue;

@@ -13,7 +13,7 @@ pub mod audit;
 pub mod checks;
 pub mod cli;
 mod commands;
-pub mod content;
+mod content;
 pub mod error;
 pub mod hash;
 pub mod identity;

@@ -92,24 +92,8 @@ pub(crate) fn run(
     );
 
     // The snapshot first: the pin must never name one that is not there.
-    let snap = Snapshot::capture(
-        &Source {
-            repo: config.repo.clone(),
-            backend: config.backend_dir.clone(),
-        },
-        root,
-    )?;
-    for file in snap.files() {
-        let changed = if apply {
-            snap.write(root, file)?
-        } else {
-            !snap.is_current(root, file)?
-        };
-        out.item("snapshot", changed, &Snapshot::record(file, changed));
-    }
-    if apply {
-        snap.load(root)?;
-    }
+    let snap = Snapshot::capture(&config.source(), root)?;
+    snap.converge(root, mode, &snap.stale(root)?, out)?;
 
     let Source { repo, backend } = snap.source();
     let pin = HostPin { repo, backend };

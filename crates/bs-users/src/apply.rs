@@ -280,6 +280,9 @@ pub fn apply(
                         content.as_bytes(),
                         &mut ran,
                     );
+                    for r in &ran {
+                        out.emit("command", r);
+                    }
                     match checked {
                         Ok(Checked::Passed) => {}
                         Ok(Checked::Skipped(note)) => {

@@ -140,6 +140,14 @@ pub struct Source {
 }
 
 impl Config {
+    /// Where this config was loaded from (the repository and `--backend`).
+    pub fn source(&self) -> Source {
+        Source {
+            repo: self.repo.clone(),
+            backend: self.backend_dir.clone(),
+        }
+    }
+
     /// Read, merge and check every layer.
     pub fn load(source: &Source, root: &Root) -> Result<Config> {
         validate_backend_name(&source.backend)?;

@@ -31,6 +31,8 @@ use serde_json::{json, Value};
 
 use super::{repo_layers, validate_backend_name, Config, Layers, Source};
 use crate::error::{CoreError, Result};
+use crate::output::Output;
+use crate::plan::Mode;
 use crate::root::Root;
 use crate::safefs::{self, DirFd, FileSpec};
 
@@ -165,6 +167,48 @@ impl Snapshot {
         }
         changed |= dir.write_file(name, file.content.as_bytes(), &FileSpec::root(FILE_MODE))?;
         Ok(changed)
+    }
+
+    /// The files that are not in the snapshot as captured: what a plan
+    /// writes.
+    pub fn stale(&self, root: &Root) -> Result<Vec<&SnapshotFile>> {
+        let mut out = Vec::new();
+        for file in &self.files {
+            if !self.is_current(root, file)? {
+                out.push(file);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One `snapshot` item a file, the same in every tool that keeps the
+    /// snapshot: the `stale` ones (from [`Snapshot::stale`], or what a plan
+    /// given back still names) are written under `Mode::Apply` and reported
+    /// as changes otherwise. Under `Mode::Apply` the snapshot is then loaded,
+    /// whether or not this run wrote it: the caller points services at it
+    /// next. Whether a file was written.
+    pub fn converge(
+        &self,
+        root: &Root,
+        mode: Mode,
+        stale: &[&SnapshotFile],
+        out: &mut Output,
+    ) -> Result<bool> {
+        let apply = mode == Mode::Apply;
+        let mut wrote = false;
+        for file in &self.files {
+            let changed = match (stale.iter().any(|f| f.rel == file.rel), apply) {
+                (false, _) => false,
+                (true, true) => self.write(root, file)?,
+                (true, false) => true,
+            };
+            wrote |= changed && apply;
+            out.item("snapshot", changed, &Snapshot::record(file, changed));
+        }
+        if apply {
+            self.load(root)?;
+        }
+        Ok(wrote)
     }
 
     /// Load the config from the snapshot as written: what the services will
