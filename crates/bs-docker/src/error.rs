@@ -2,7 +2,7 @@
 
 use bs_core::{CoreError, Exit};
 
-use crate::engine::EngineError;
+use bs_engine::EngineError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {

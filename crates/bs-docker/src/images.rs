@@ -15,7 +15,7 @@ use serde_json::json;
 use bs_core::Output;
 
 use crate::cli::ImagesCommand;
-use crate::engine::{Engine, EngineError};
+use bs_engine::{Engine, EngineError};
 
 pub fn run(engine: &Engine, cmd: ImagesCommand, out: &mut Output) -> Result<(), EngineError> {
     match cmd {

@@ -1,13 +1,12 @@
 //! bs-docker: the Docker engine, its config, networks and service
 //! containers, through the engine's API (bollard).
 //!
-//! [`engine`] is also the library bs-jobs uses to talk to the engine.
+//! The engine client itself is the bs-engine crate, shared with bs-jobs.
 //! Records and exit codes: docs/bs-docker.md.
 
 pub mod change;
 pub mod cli;
 pub mod daemon;
-pub mod engine;
 pub mod error;
 pub mod images;
 pub mod network;
@@ -24,8 +23,8 @@ use bs_core::{Output, Root};
 
 use crate::change::Change;
 use crate::cli::{Cli, Command};
-use crate::engine::{labels, Engine};
 use crate::error::{DockerError, Result};
+use bs_engine::{labels, Engine};
 
 /// The whole run of one command.
 pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
@@ -630,7 +629,8 @@ fn apply_service(
     out: &mut Output,
 ) {
     let name = desired.name.as_str();
-    let fail = |out: &mut Output, e: engine::EngineError| out.error(e.kind(), name, &e.to_string());
+    let fail =
+        |out: &mut Output, e: bs_engine::EngineError| out.error(e.kind(), name, &e.to_string());
     match &change {
         Change::StartService { .. } => {
             let id = old.unwrap_or(name);

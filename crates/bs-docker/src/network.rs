@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use bollard::models::{Ipam, IpamConfig, Network, NetworkCreateRequest};
 use bs_core::config::NetworkSpec;
 
-use crate::engine::{labels, Engine, EngineError};
+use bs_engine::{labels, Engine, EngineError};
 
 pub const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
 

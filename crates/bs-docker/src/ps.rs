@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use bs_core::Output;
 
-use crate::engine::{labels, Engine, EngineError, Usage};
+use bs_engine::{labels, Engine, EngineError, Usage};
 
 #[derive(Debug, Serialize)]
 pub struct JobRow {

@@ -15,8 +15,8 @@ use bs_core::config::{parse_mount, parse_port, parse_size, Config, ServiceSpec};
 use bs_core::secrets::Secrets;
 use bs_core::Root;
 
-use crate::engine::{labels, BindMount, ContainerSpec, PortSpec};
 use crate::error::{DockerError, Result};
+use bs_engine::{labels, BindMount, ContainerSpec, PortSpec};
 
 /// A service as it should run.
 #[derive(Debug, Clone)]

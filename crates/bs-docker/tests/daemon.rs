@@ -3,7 +3,7 @@
 
 mod common;
 
-use bs_docker::engine::{labels, ContainerSpec};
+use bs_engine::{labels, ContainerSpec};
 use common::*;
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use bs_docker::engine::{labels, BindMount, ContainerSpec, Engine, EngineError, PortSpec};
+use bs_engine::{labels, BindMount, ContainerSpec, Engine, EngineError, PortSpec};
 use common::*;
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use bs_docker::engine::ContainerSpec;
+use bs_engine::ContainerSpec;
 use common::*;
 
 #[test]

@@ -4,7 +4,7 @@
 
 mod common;
 
-use bs_docker::engine::{labels, ContainerSpec};
+use bs_engine::{labels, ContainerSpec};
 use common::*;
 
 fn service_toml(name: &str, image: &str, extra: &str) -> String {
@@ -302,7 +302,7 @@ fn declared_network_labels_are_set_at_creation_and_a_changed_one_is_drift() {
     let (code, recs) = sb.run(&["apply"]);
     assert_eq!(code, 0, "{recs:#?}");
     assert_eq!(find(&recs, "network", &net)["labels"]["run"], "one");
-    let labels = |e: &bs_docker::engine::Engine| {
+    let labels = |e: &bs_engine::Engine| {
         e.block_on(e.docker().inspect_network(
             &net,
             None::<bollard::query_parameters::InspectNetworkOptions>,

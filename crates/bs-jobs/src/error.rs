@@ -2,7 +2,7 @@
 //! to act on it (which field of a job, which entry, which container).
 
 use bs_core::{CoreError, Exit};
-use bs_docker::engine::EngineError;
+use bs_engine::EngineError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobsError {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bs_docker::engine::{labels, BindMount, ContainerSpec, Engine, EngineError};
+use bs_engine::{labels, BindMount, ContainerSpec, Engine, EngineError};
 
 use crate::error::{JobsError, Result};
 use crate::spec::JobSpec;

@@ -50,7 +50,7 @@ pub fn docker_socket() -> String {
     std::env::var("DOCKER_HOST")
         .ok()
         .filter(|h| h.starts_with("unix://"))
-        .unwrap_or_else(|| bs_docker::engine::DEFAULT_SOCKET.to_string())
+        .unwrap_or_else(|| bs_engine::DEFAULT_SOCKET.to_string())
 }
 
 pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
@@ -362,7 +362,7 @@ fn bench_launch(
     image: &str,
     count: u32,
 ) -> Result<Map<String, Value>> {
-    let engine = bs_docker::engine::Engine::connect(&docker_socket())?;
+    let engine = bs_engine::Engine::connect(&docker_socket())?;
     let job = spec::JobSpec {
         id: format!("bench-{}", std::process::id()),
         workspace: "bench".into(),

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use bs_docker::engine::{labels, Engine, DEFAULT_SOCKET};
+use bs_engine::{labels, Engine, DEFAULT_SOCKET};
 
 pub const TEST_IMAGE_REPO: &str = "bs-docker-test";
 pub const TEST_IMAGE_TAG: &str = "busybox";

@@ -1,4 +1,4 @@
-//! The connection to the Docker engine, shared by bs-docker and bs-jobs.
+//! bs-engine: the connection to the Docker engine, shared by bs-docker and bs-jobs.
 //!
 //! [`Engine`] owns a bollard client and a current-thread tokio runtime, so
 //! callers stay synchronous: every helper blocks on its request, and
