@@ -19,7 +19,8 @@ pub struct Repair {
     pub file: &'static str,
     /// The user or group name.
     pub name: String,
-    /// `duplicate_entry`, `orphan_entry`, `missing_entry` or `missing_private_group`.
+    /// `duplicate_entry`, `orphan_entry`, `missing_entry`, `members_differ`
+    /// or `missing_private_group`.
     pub problem: &'static str,
     pub fix: String,
 }
@@ -142,6 +143,23 @@ impl AccountDb {
                 .filter(|g| !have.contains(&g.name))
                 .cloned()
                 .collect();
+            // group is what every reader uses for membership; gshadow
+            // follows it, as grpck asks.
+            for g in self.group.entries() {
+                if let Some(gs) = self.gshadow.get_mut(&g.name) {
+                    let want: BTreeSet<&String> = g.members.iter().collect();
+                    let have: BTreeSet<&String> = gs.members.iter().collect();
+                    if want != have {
+                        gs.members = g.members.clone();
+                        out.push(Repair {
+                            file: super::GSHADOW,
+                            name: g.name.clone(),
+                            problem: "members_differ",
+                            fix: "members set to those of its group line".into(),
+                        });
+                    }
+                }
+            }
             for g in missing {
                 self.gshadow.push(GshadowEntry {
                     name: g.name.clone(),
