@@ -17,7 +17,13 @@ use crate::state::Ledger;
 use crate::Run;
 
 /// Why `apply` must stop, or `None` when the plan is within the limits.
-pub fn check(run: &Run, db: &AccountDb, ledger: &Ledger, planned: &Planned) -> Option<String> {
+pub fn check(
+    run: &Run,
+    db: &AccountDb,
+    ledger: &Ledger,
+    planned: &Planned,
+    changes: &[UserChange],
+) -> Option<String> {
     let guard = &run.config.users.guard;
     let mut why = Vec::new();
 
@@ -26,8 +32,7 @@ pub fn check(run: &Run, db: &AccountDb, ledger: &Ledger, planned: &Planned) -> O
         .iter()
         .filter(|(name, e)| !e.disabled && db.user(name).is_some())
         .count();
-    let disabling: Vec<&str> = planned
-        .changes
+    let disabling: Vec<&str> = changes
         .iter()
         .filter_map(|c| match c {
             UserChange::DisableUser { target, .. }
@@ -53,7 +58,7 @@ pub fn check(run: &Run, db: &AccountDb, ledger: &Ledger, planned: &Planned) -> O
         if members.is_empty() {
             continue;
         }
-        for c in &planned.changes {
+        for c in changes {
             if let UserChange::SetGroups {
                 target,
                 add,
@@ -76,23 +81,30 @@ pub fn check(run: &Run, db: &AccountDb, ledger: &Ledger, planned: &Planned) -> O
         }
     }
 
-    if let Some(drop) = key_drops(
-        planned.fetched_dropped.len(),
-        planned.fetched_holders,
-        guard,
-    ) {
-        why.push(format!(
-            "{drop}: {}",
-            names(
-                &planned
-                    .fetched_dropped
-                    .iter()
-                    .map(String::as_str)
-                    .collect::<Vec<_>>()
-            )
-        ));
+    let writing: BTreeSet<&str> = changes
+        .iter()
+        .filter_map(|c| match c {
+            UserChange::WriteKeys { target, .. } => Some(target.as_str()),
+            _ => None,
+        })
+        .collect();
+    let dropped: Vec<&str> = planned
+        .fetched_dropped
+        .iter()
+        .map(String::as_str)
+        .filter(|n| writing.contains(n))
+        .collect();
+    if let Some(drop) = key_drops(dropped.len(), planned.fetched_holders, guard) {
+        why.push(format!("{drop}: {}", names(&dropped)));
     }
     (!why.is_empty()).then(|| format!("mass change: {}", why.join("; ")))
+}
+
+/// The error message of a stopped run.
+pub fn message(tripped: &str) -> String {
+    format!(
+        "{tripped}; nothing was changed. If this is intended, run again with --allow-mass-change"
+    )
 }
 
 /// The key-drop limit, shared with `keys refresh`: `dropped` of the
@@ -115,7 +127,7 @@ fn percent(share: f64) -> String {
 }
 
 /// A readable list: the first few names and how many more.
-fn names(list: &[&str]) -> String {
+pub(crate) fn names(list: &[&str]) -> String {
     const SHOWN: usize = 10;
     let mut s = list
         .iter()

@@ -191,21 +191,11 @@ pub fn converge(
         );
     }
     let planned = planner::plan(&run, &db, &ledger, out)?;
-    if let Some(tripped) = guard::check(&run, &db, &ledger, &planned) {
-        let message = format!(
-            "{tripped}; nothing was changed. If this is intended, run again with --allow-mass-change"
-        );
-        if mode == Mode::Apply && !args.allow_mass_change {
-            return Err(UsersError::MassChange(message));
-        }
-        if mode != Mode::Apply {
-            out.emit(
-                "note",
-                &json!({"target": "guard", "message": format!("apply would stop: {message}")}),
-            );
-        }
-    }
     if mode != Mode::Apply {
+        if let Some(tripped) = guard::check(&run, &db, &ledger, &planned, &planned.changes) {
+            let message = format!("apply would stop: {}", guard::message(&tripped));
+            out.emit("note", &json!({"target": "guard", "message": message}));
+        }
         for change in &planned.changes {
             out.item(change.record_type(), true, change);
         }
@@ -226,6 +216,12 @@ pub fn converge(
         }
         None => planned.changes.clone(),
     };
+    // Judged on what will be applied: a plan given back may hold less.
+    if let Some(tripped) = guard::check(&run, &db, &ledger, &planned, &changes) {
+        if !args.allow_mass_change {
+            return Err(UsersError::MassChange(guard::message(&tripped)));
+        }
+    }
     apply::apply(&run, db, ledger, pw, &planned, &changes, out)?;
     planned.report_unchanged(out);
     Ok(summary_extra(&run))

@@ -95,10 +95,10 @@ pub fn run(
     let guard = snapshot.guard.clone().unwrap_or_default();
     if let Some(why) = guard::key_drops(dropped.len(), holders, &guard) {
         if !allow_mass_change {
-            return Err(UsersError::MassChange(format!(
-                "mass change: {why} ({}); nothing was changed. If this is intended, run again with --allow-mass-change",
-                dropped.join(", ")
-            )));
+            return Err(UsersError::MassChange(guard::message(&format!(
+                "mass change: {why} ({})",
+                guard::names(&dropped.iter().map(String::as_str).collect::<Vec<_>>())
+            ))));
         }
     }
     for (user, resolved, current) in planned {

@@ -184,9 +184,27 @@ fn an_emptied_list_stops_before_disabling_everyone() {
         "{}",
         plan.dump()
     );
-    let run = env.run(&["apply", "--allow-mass-change"]);
+    // A plan filtered down to one person is judged on what is left of it.
+    let plan = env.run(&["plan"]);
+    let ann: String = plan
+        .records
+        .iter()
+        .filter(|r| r["target"] == "ann" && r["changed"] == true)
+        .map(|r| format!("{r}\n"))
+        .collect();
+    let run = common::Run::from(
+        env.cmd()
+            .args(["apply", "--plan", "-"])
+            .write_stdin(ann)
+            .output()
+            .unwrap(),
+    );
     assert_eq!(run.code, 0, "{}", run.dump());
     assert_eq!(env.passwd("ann")[6], "/usr/sbin/nologin");
+    assert_eq!(env.passwd("ben")[6], "/bin/bash");
+    let run = env.run(&["apply", "--allow-mass-change"]);
+    assert_eq!(run.code, 0, "{}", run.dump());
+    assert_eq!(env.passwd("ben")[6], "/usr/sbin/nologin");
 }
 
 /// Item 6: the last member of a group that grants sudo is not removed
