@@ -357,6 +357,10 @@ pub fn snapshot_users(
         .filter(|(_, e)| !e.disabled)
         .filter_map(|(name, e)| {
             let u = db.user(name)?;
+            // Never keys for a system account an old version took over.
+            if name == &run.config.service_account.name || !run.uid_range.contains(u.uid) {
+                return None;
+            }
             let repo_keys = if run.repo_key_errors.contains_key(&e.login) {
                 previous
                     .iter()

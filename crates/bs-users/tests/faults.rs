@@ -103,6 +103,11 @@ fn a_service_account_in_the_ledger_from_an_old_takeover_is_never_disabled() {
     );
     assert_eq!(env.passwd("opensafely")[6], "/bin/bash");
     assert!(env.shadow("opensafely")[7].is_empty(), "expired");
+    let snapshot = env.read("/var/lib/bs/users/snapshot.json");
+    assert!(
+        !snapshot.contains("\"opensafely\""),
+        "the refresh would give it keys: {snapshot}"
+    );
 }
 
 /// Item 1: an existing account bs did not create is refused with a clear
