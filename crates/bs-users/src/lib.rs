@@ -170,6 +170,14 @@ pub fn converge(
     } else {
         None
     };
+    if pw.is_none() && root.join(accounts::JOURNAL).exists() {
+        // plan/check: a killed run's transaction is pending until the next apply.
+        out.item(
+            "account_file",
+            true,
+            &json!({"action": "recover", "target": accounts::JOURNAL}),
+        );
+    }
     if let Some(held) = &pw {
         for recovered in accounts::recover(root, held)? {
             out.item(

@@ -477,10 +477,19 @@ fn account_files_are_clean(env: &Env, what: &str) {
 #[test]
 fn a_kill_at_any_rename_leaves_account_files_the_next_run_makes_whole() {
     let people = ["ann", "ben", "cid"];
+    let mut torn = 0;
     for n in 1..=12 {
         let env = Env::new("");
         env.list("researchers", &people.join("\n"));
         strace_apply(&env, n);
+        if env.path("/etc/.bs-accounts.journal").exists() {
+            torn += 1;
+            assert_eq!(
+                env.run(&["check"]).code,
+                3,
+                "rename {n}: a pending transaction is drift"
+            );
+        }
         let run = env.run(&["apply"]);
         assert_eq!(run.code, 0, "rename {n}: {}", run.dump());
         let what = format!("after a kill at rename {n}");
@@ -499,4 +508,6 @@ fn a_kill_at_any_rename_leaves_account_files_the_next_run_makes_whole() {
         assert_eq!(again.changed(), 0, "{what}: {}", again.dump());
         assert!(env.members("researchers").len() == 3, "{what}");
     }
+    // Kills between the four account-file renames were among them.
+    assert!(torn >= 3, "only {torn} kills left a transaction open");
 }
