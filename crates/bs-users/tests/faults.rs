@@ -423,7 +423,8 @@ fn a_huge_list_line_is_not_echoed_whole() {
 fn strace_apply(env: &Env, nth_rename: u32) {
     let status = std::process::Command::new("strace")
         .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=renameat"])
-        .arg(format!("-e inject=renameat:signal=KILL:when={nth_rename}").replace("-e ", ""))
+        .arg("-e")
+        .arg(format!("inject=renameat:signal=KILL:when={nth_rename}"))
         .arg("--")
         .arg(assert_cmd::cargo::cargo_bin("bs-users"))
         .arg("apply")
