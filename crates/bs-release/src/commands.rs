@@ -39,11 +39,11 @@ pub(crate) fn run(
     out: &mut Output,
 ) -> Result<Map<String, Value>> {
     let store = Store::open(&root, &config, Duration::from_secs(cli.global.lock_timeout))?;
-    let audit = Audit::open(&root, &config)?;
+    let mut audit = Audit::open(&root, &config)?;
     let sudo = SudoEnv::from_env();
-    let caller = match (&cli.command, &sudo.user, &cli.as_user) {
+    let resolved = match (&cli.command, &sudo.user, &cli.as_user) {
         // The level-4 push is a system job: root or the service account's own cron.
-        (Command::SyncLevel4 { .. }, None, None) => Caller {
+        (Command::SyncLevel4 { .. }, None, None) => Ok(Caller {
             user: if ruid == 0 {
                 "root".into()
             } else {
@@ -53,10 +53,25 @@ pub(crate) fn run(
             via: "system",
             author: false,
             checker: true,
-        },
-        _ => {
-            let db = AccountDb::load_public(&root)?;
-            identity::resolve(&db, &config.release, ruid, cli.as_user.as_deref(), &sudo)?
+        }),
+        _ => AccountDb::load_public(&root)
+            .map_err(Error::from)
+            .and_then(|db| {
+                identity::resolve(&db, &config.release, ruid, cli.as_user.as_deref(), &sudo)
+            }),
+    };
+    let caller = match resolved {
+        Ok(c) => c,
+        Err(e) => {
+            // Who it claimed to be, for the record: a forged SUDO_USER is worth knowing about.
+            let claimed = cli
+                .as_user
+                .clone()
+                .or_else(|| sudo.user.clone())
+                .unwrap_or_else(|| format!("uid {ruid}"));
+            let entry = refusal(&claimed, None, &e);
+            let _ = audit.append(&[entry]);
+            return Err(e);
         }
     };
     let request_id = match &cli.command {
@@ -84,19 +99,35 @@ pub(crate) fn run(
         out,
     };
     let result = ctx.dispatch(cli.command);
-    if let Err(e @ (Error::Denied(_) | Error::WrongState { .. } | Error::Changed { .. })) = &result
-    {
-        // Refusals are part of the record too: a self-review attempt is worth knowing about.
-        let entry = ctx.entry(
-            "refused",
-            request_id.as_deref(),
-            None,
-            None,
-            json!({"error": e.to_string()}),
-        );
+    if let Err(e) = &result {
+        // Every refusal is part of the record (issue 12): a self-review
+        // attempt or an unsafe path is worth knowing about. A failure to
+        // write this entry must not hide the refusal itself.
+        let mut entry = refusal(&ctx.caller.user, request_id.as_deref(), e);
+        if ctx.caller.via != "sudo" {
+            if let Value::Object(m) = &mut entry.detail {
+                m.insert("via".into(), Value::from(ctx.caller.via));
+            }
+        }
         let _ = ctx.audit.append(&[entry]);
     }
     result
+}
+
+/// The audit entry of a refused command.
+fn refusal(user: &str, request: Option<&str>, e: &Error) -> Entry {
+    use bs_core::cli::Report;
+    Entry {
+        time: timefmt::now(),
+        user: user.to_string(),
+        action: "refused".into(),
+        request: request.map(str::to_string),
+        file: None,
+        sha256: None,
+        detail: json!({"kind": e.kind(), "error": e.to_string()}),
+        seq: None,
+        prev: None,
+    }
 }
 
 fn summary(pairs: &[(&str, Value)]) -> Map<String, Value> {
@@ -167,6 +198,8 @@ impl Ctx<'_> {
             file: file.map(str::to_string),
             sha256: sha256.map(str::to_string),
             detail,
+            seq: None,
+            prev: None,
         }
     }
 
@@ -259,6 +292,16 @@ impl Ctx<'_> {
                         }),
                     );
                 }
+                Err(Error::NotReleasable { message, .. }) => {
+                    listed += 1;
+                    self.out.emit(
+                        "file",
+                        &json!({
+                            "workspace": ws, "path": path, "releasable": false,
+                            "reasons": [message], "manifest": meta,
+                        }),
+                    );
+                }
                 Err(Error::NotFound { .. }) => {
                     // In the manifest, not on disk: say so rather than hide it.
                     listed += 1;
@@ -295,7 +338,9 @@ impl Ctx<'_> {
         let ws_dir = self.store.workspace(ws)?;
         self.store.manifest(&ws_dir)?;
         let _lock = self.store.lock()?;
-        let req = self.store.create(ws, &self.caller.user, &timefmt::now())?;
+        let req = self
+            .store
+            .allocate(ws, &self.caller.user, &timefmt::now())?;
         let e = self.entry(
             "create",
             Some(&req.id),
@@ -304,6 +349,7 @@ impl Ctx<'_> {
             json!({"workspace": ws, "to": "pending"}),
         );
         self.log(&[e])?;
+        self.store.save(&req)?;
         self.out.item(
             "request",
             true,
@@ -396,11 +442,12 @@ impl Ctx<'_> {
                 }
             }
         }
+        // The entries first: a change is saved only once its record is on disk.
+        self.log(&entries)?;
         if !added.is_empty() {
             req.updated_at = now;
             self.store.save(&req)?;
         }
-        self.log(&entries)?;
         for a in &added {
             self.out.item("file", true, a);
         }
@@ -422,12 +469,14 @@ impl Ctx<'_> {
         for p in paths {
             if let Some(f) = req.files.remove(p) {
                 entries.push(self.entry("remove", Some(id), Some(p), Some(&f.sha256), json!({})));
-                self.out.item("file", true, &json!({"action": "remove", "target": format!("{id}:{p}"), "request": id, "path": p}));
             }
         }
         req.updated_at = timefmt::now();
-        self.store.save(&req)?;
         self.log(&entries)?;
+        self.store.save(&req)?;
+        for p in paths {
+            self.out.item("file", true, &json!({"action": "remove", "target": format!("{id}:{p}"), "request": id, "path": p}));
+        }
         Ok(Map::new())
     }
 
@@ -452,7 +501,6 @@ impl Ctx<'_> {
         if action == "submit" {
             self.verify_copies(&req)?;
         }
-        self.store.save(&req)?;
         let mut entries = vec![self.entry(
             action,
             Some(id),
@@ -470,6 +518,7 @@ impl Ctx<'_> {
             ));
         }
         self.log(&entries)?;
+        self.store.save(&req)?;
         self.out.item(
             "request",
             true,
@@ -554,7 +603,6 @@ impl Ctx<'_> {
         let ws_dir = self.store.workspace(&req.workspace)?;
         let manifest = self.store.manifest(&ws_dir)?;
         self.verify_manifest(&req, &manifest, path, f)?;
-        self.store.save(&next)?;
         let mut entries = vec![self.entry(
             "vote",
             Some(id),
@@ -581,6 +629,7 @@ impl Ctx<'_> {
             ));
         }
         self.log(&entries)?;
+        self.store.save(&next)?;
         self.out.item(
             "review",
             true,
@@ -678,12 +727,21 @@ impl Ctx<'_> {
         }
         let since = since.map(|s| s.trim_end_matches('Z').to_string());
         let mut n = 0u64;
-        for e in audit::read_all(self.audit.path())? {
+        let (entries, breaks) = self.audit.verify()?;
+        for e in entries {
             if since.as_deref().is_some_and(|s| e.time.as_str() < s) {
                 continue;
             }
             n += 1;
             self.out.emit("audit", &e);
+        }
+        for b in &breaks {
+            let target = if b.line == 0 {
+                audit::AUDIT_FILE.to_string()
+            } else {
+                format!("{}:{}", audit::AUDIT_FILE, b.line)
+            };
+            self.out.error("audit_tampered", &target, &b.reason);
         }
         let e = self.entry(
             "view_audit",
@@ -693,6 +751,9 @@ impl Ctx<'_> {
             json!({"since": since, "entries": n}),
         );
         self.log(&[e])?;
+        if !breaks.is_empty() {
+            return Err(Error::AuditBroken(breaks.len()));
+        }
         Ok(summary(&[("entries", Value::from(n))]))
     }
 

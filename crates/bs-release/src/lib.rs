@@ -9,6 +9,7 @@
 //! store's lock from reading the request to writing it back, and decide
 //! everything (roles, state, file checks) before writing anything.
 
+mod approval;
 pub mod audit;
 pub mod checks;
 pub mod cli;

@@ -40,6 +40,8 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
         Some(ctx.config.service_account.uid),
     )?;
     let token = secrets.require("RELEASE_TOKEN")?.clone();
+    let (log, breaks) = ctx.audit.verify()?;
+    crate::approval::confirm(&req, &log, &breaks, cfg.reviews_needed)?;
     let ws_dir = ctx.store.workspace(&req.workspace)?;
     let manifest = ctx.store.manifest(&ws_dir)?;
     // Everything is checked before anything is sent.
@@ -116,7 +118,6 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
             req.release.release_id = Some(rid.clone());
             req.release.published_by = Some(user.clone());
             req.release.started_at = Some(timefmt::now());
-            ctx.store.save(&req)?;
             let e = ctx.entry(
                 "release_created",
                 Some(id),
@@ -125,6 +126,7 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
                 json!({"release_id": rid, "server": server}),
             );
             ctx.log(&[e])?;
+            ctx.store.save(&req)?;
             rid
         }
     };
@@ -176,7 +178,6 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
                     });
                 }
                 req.updated_at = now;
-                ctx.store.save(&req)?;
                 let e = ctx.entry(
                     "upload",
                     Some(id),
@@ -185,6 +186,7 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
                     json!({"release_id": release_id, "status": status, "size": f.size}),
                 );
                 ctx.log(&[e])?;
+                ctx.store.save(&req)?;
                 uploaded += 1;
                 ctx.out.item(
                     "upload",
@@ -214,7 +216,6 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
     if failed == 0 && req.files.values().all(|f| f.upload.is_some()) {
         let from = req.state;
         req.mark_released(&ctx.caller, &timefmt::now());
-        ctx.store.save(&req)?;
         let e = ctx.entry(
             "publish",
             Some(id),
@@ -223,6 +224,7 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
             json!({"from": from, "to": req.state, "release_id": release_id}),
         );
         ctx.log(&[e])?;
+        ctx.store.save(&req)?;
         ctx.out.item(
             "request",
             true,

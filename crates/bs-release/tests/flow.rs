@@ -242,9 +242,13 @@ fn nobody_reviews_their_own_request_and_a_refusal_changes_nothing() {
         .into_iter()
         .filter(|e| e["action"] == "refused")
         .collect();
-    assert_eq!(refused.len(), 2);
+    // Every refusal is on record, the usage error of a comment-less rejection too.
+    assert_eq!(refused.len(), 3);
     assert_eq!(refused[0]["request"], id.as_str());
     assert_eq!(refused[0]["user"], "dev");
+    assert_eq!(refused[0]["detail"]["kind"], "not_permitted");
+    assert_eq!(refused[2]["user"], "rita");
+    assert_eq!(refused[2]["detail"]["kind"], "usage");
 }
 
 #[test]
