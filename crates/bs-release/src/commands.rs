@@ -259,6 +259,8 @@ impl Ctx<'_> {
             manifest.outputs.iter().collect();
         let pool = self.threads();
         let max = self.config.release.max_file_bytes;
+        let allowed = self.config.release.allowed_extensions.clone();
+        let released = self.store.released(ws)?;
         let hashed =
             hash::par_map(pool.as_ref(), &outputs, |(path, meta)| {
                 if meta.not_releasable().is_some() {
@@ -273,7 +275,12 @@ impl Ctx<'_> {
             let Some(result) = result else { continue };
             match result {
                 Ok((sha, size)) => {
-                    let mut reasons = Vec::new();
+                    let mut reasons: Vec<String> = crate::manifest::type_refusal(path, &allowed)
+                        .into_iter()
+                        .collect();
+                    if released.contains(&(path.to_string(), sha.clone())) {
+                        reasons.push("already released with this content".into());
+                    }
                     if sha != meta.sha256() {
                         reasons.push("content differs from the job manifest".to_string());
                     }
@@ -379,11 +386,18 @@ impl Ctx<'_> {
                 .enumerate()
                 .collect()
         };
+        let released = self.store.released(&req.workspace)?;
         let pool = self.copy_threads();
-        let cfg = &self.config.release;
-        let store = &self.store;
+        let target = AddTarget {
+            store: &self.store,
+            ws_dir: &ws_dir,
+            files_dir: &files_dir,
+            manifest: &manifest,
+            cfg: &self.config.release,
+            released: &released,
+        };
         let results = hash::par_map(pool.as_ref(), &unique, |(i, path)| {
-            prepare(store, &ws_dir, &files_dir, &manifest, path, *i, cfg)
+            prepare(&target, path, *i)
         });
         let written: Vec<String> = {
             let mut v: Vec<String> = results
@@ -864,30 +878,48 @@ pub(crate) struct Prepared {
     pub findings: Vec<Finding>,
 }
 
+/// Where `request add` reads outputs from and puts their copies, and the rules it applies.
+struct AddTarget<'a> {
+    store: &'a Store,
+    ws_dir: &'a bs_core::safefs::DirFd,
+    files_dir: &'a bs_core::safefs::DirFd,
+    manifest: &'a Manifest,
+    cfg: &'a bs_core::config::ReleaseConfig,
+    /// (path, sha256) of the workspace's released files.
+    released: &'a BTreeSet<(String, String)>,
+}
+
 /// Read one output, check it against the manifest, run the disclosure
 /// checks and put its copy in the request's store.
-fn prepare(
-    store: &Store,
-    ws_dir: &bs_core::safefs::DirFd,
-    files_dir: &bs_core::safefs::DirFd,
-    manifest: &Manifest,
-    path: &str,
-    index: usize,
-    cfg: &bs_core::config::ReleaseConfig,
-) -> Result<Prepared> {
+fn prepare(t: &AddTarget, path: &str, index: usize) -> Result<Prepared> {
+    let AddTarget {
+        store,
+        ws_dir,
+        files_dir,
+        manifest,
+        cfg,
+        released,
+    } = *t;
     store::valid_output_path(path)?;
+    let refuse = |message: String| Error::NotReleasable {
+        path: path.into(),
+        message,
+    };
+    if let Some(why) = crate::manifest::type_refusal(path, &cfg.allowed_extensions) {
+        return Err(refuse(why));
+    }
+    if let Some(why) = crate::manifest::add_refusal(manifest, path) {
+        return Err(refuse(why));
+    }
     let meta = manifest
         .outputs
         .get(path)
-        .ok_or_else(|| Error::NotReleasable {
-            path: path.into(),
-            message: "not in the job manifest: only outputs of a job can be released".into(),
-        })?;
-    if let Some(why) = meta.not_releasable() {
-        return Err(Error::NotReleasable {
-            path: path.into(),
-            message: why,
-        });
+        .ok_or_else(|| refuse("not in the job manifest".into()))?;
+    if released.contains(&(path.to_string(), meta.sha256().to_string())) {
+        return Err(refuse(
+            "already released with this content: released files cannot be requested again as outputs"
+                .into(),
+        ));
     }
     let (file, size) = store::open_file_beneath(ws_dir, path)?;
     let content = Content::read(file, size, cfg.max_file_bytes, path)?;

@@ -44,8 +44,15 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
     crate::approval::confirm(&req, &log, &breaks, cfg.reviews_needed)?;
     let ws_dir = ctx.store.workspace(&req.workspace)?;
     let manifest = ctx.store.manifest(&ws_dir)?;
-    // Everything is checked before anything is sent.
+    // Everything is checked before anything is sent: the file-type rule
+    // again (the config may have changed since the files were added).
     for (path, f) in &req.files {
+        if let Some(why) = crate::manifest::type_refusal(path, &cfg.allowed_extensions) {
+            return Err(Error::NotReleasable {
+                path: path.clone(),
+                message: format!("{why}: not released"),
+            });
+        }
         ctx.verify_copy(&req, path, f)?;
         ctx.verify_manifest(&req, &manifest, path, f)?;
     }

@@ -223,6 +223,23 @@ impl Store {
         Ok(Request::new(id, workspace.into(), author.into(), now))
     }
 
+    /// The files released from `workspace`: (path, sha256) of every file of
+    /// its released requests. Such a file cannot be requested again as an
+    /// output (Airlock's rule); new content at the same path can.
+    pub fn released(
+        &self,
+        workspace: &str,
+    ) -> Result<std::collections::BTreeSet<(String, String)>> {
+        let mut out = std::collections::BTreeSet::new();
+        for id in self.ids()? {
+            let Ok(req) = self.load(&id) else { continue };
+            if req.workspace == workspace && req.state == crate::request::State::Released {
+                out.extend(req.files.iter().map(|(p, f)| (p.clone(), f.sha256.clone())));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn files_dir(&self, id: &str) -> Result<DirFd> {
         Ok(self
             .request_dir(id)?

@@ -757,18 +757,22 @@ fn disclosure_checks_find_small_counts_patient_ids_long_tables_and_bad_types() {
     let r = sb.run("alice", &["check", "/etc/shadow"]);
     assert_eq!(r.code, 1);
 
+    // A type outside the level-4 list is not only a finding: it cannot be added.
+    let r = sb.run("alice", &["request", "create", "ws1"]);
+    let pkl_id = r.summary()["id"].as_str().unwrap().to_string();
+    let pkl = sb.run("alice", &["request", "add", &pkl_id, "output/model.pkl"]);
+    assert_eq!(pkl.code, 1);
+    assert_eq!(pkl.error_kinds(), vec!["not_releasable"]);
+    sb.run("alice", &["request", "withdraw", &pkl_id]).ok();
+
     // Findings travel with the request to the reviewers, and do not block.
-    let id = sb.submitted("ws1", &["output/small.csv", "output/model.pkl"]);
+    let id = sb.submitted("ws1", &["output/small.csv"]);
     let shown = sb.run("rita", &["show", &id]);
     shown.ok();
     let req = &shown.of_type("request")[0];
     assert_eq!(
         req["files"]["output/small.csv"]["findings"][0]["check"],
         "low_count"
-    );
-    assert_eq!(
-        req["files"]["output/model.pkl"]["findings"][0]["check"],
-        "type_not_allowed"
     );
     assert!(req["files"]["output/small.csv"]["copy"]
         .as_str()
@@ -818,8 +822,9 @@ fn sync_level4_copies_released_files_and_deletes_only_when_asked() {
     );
     assert!(dest.join("ws1/output/figure.svg").exists());
     // Unreleased requests are not pushed.
-    let other = sb.submitted("ws1", &["output/table.csv"]);
-    let _ = other;
+    sb.outputs("ws1", &[("output/new.csv", b"a,b\n1000,2000\n")]);
+    let other = sb.submitted("ws1", &["output/new.csv"]);
+    assert_eq!(sb.request_json(&other)["state"], "submitted");
     assert!(sb.audit().iter().any(|e| e["action"] == "sync_copy"));
 }
 

@@ -108,10 +108,13 @@ impl Sandbox {
             let p = dir.join(path);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, bytes).unwrap();
+            // job-runner's get_output_metadata (agent/executors/local.py).
             manifest["outputs"][*path] = json!({
-                "level": "moderately_sensitive", "job_id": "job-1", "action": "generate",
-                "commit": "abc123", "size": bytes.len(), "timestamp": 1795334400.0,
-                "sha256": sha256(bytes), "excluded": false, "message": null,
+                "level": "moderately_sensitive", "job_id": "job-1", "job_request": "rap-1",
+                "action": "generate", "user": "alice",
+                "repo": "https://github.com/opensafely/study", "commit": "abc123",
+                "size": bytes.len(), "timestamp": 1795334400.0,
+                "content_hash": sha256(bytes), "excluded": false, "message": null,
                 "row_count": null, "col_count": null,
             });
         }
@@ -122,7 +125,7 @@ impl Sandbox {
         let p = self.ws(ws).join("metadata/manifest.json");
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b).unwrap(),
-            Err(_) => json!({"workspace": ws, "outputs": {}}),
+            Err(_) => json!({"workspace": ws, "repo": null, "outputs": {}}),
         }
     }
 
