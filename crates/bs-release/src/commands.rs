@@ -41,14 +41,16 @@ pub(crate) fn run(
     let store = Store::open(&root, &config, Duration::from_secs(cli.global.lock_timeout))?;
     let mut audit = Audit::open(&root, &config)?;
     let sudo = SudoEnv::from_env();
+    let system_user = if ruid == 0 {
+        "root".to_string()
+    } else {
+        config.service_account.name.clone()
+    };
     let resolved = match (&cli.command, &sudo.user, &cli.as_user) {
         // The level-4 push is a system job: root or the service account's own cron.
         (Command::SyncLevel4 { .. }, None, None) => Ok(Caller {
-            user: if ruid == 0 {
-                "root".into()
-            } else {
-                config.service_account.name.clone()
-            },
+            user: system_user.clone(),
+            github: system_user,
             groups: Vec::new(),
             via: "system",
             author: false,
@@ -345,9 +347,10 @@ impl Ctx<'_> {
         let ws_dir = self.store.workspace(ws)?;
         self.store.manifest(&ws_dir)?;
         let _lock = self.store.lock()?;
-        let req = self
+        let mut req = self
             .store
             .allocate(ws, &self.caller.user, &timefmt::now())?;
+        req.author_github = Some(self.caller.github.clone());
         let e = self.entry(
             "create",
             Some(&req.id),
@@ -538,6 +541,7 @@ impl Ctx<'_> {
             true,
             &json!({"action": action, "target": id, "id": id, "from": from, "to": req.state}),
         );
+        crate::events::notify(self, &req, from.as_str());
         Ok(Map::new())
     }
 
@@ -644,6 +648,9 @@ impl Ctx<'_> {
         }
         self.log(&entries)?;
         self.store.save(&next)?;
+        if next.state != from {
+            crate::events::notify(self, &next, from.as_str());
+        }
         self.out.item(
             "review",
             true,

@@ -16,6 +16,7 @@ pub mod cli;
 mod commands;
 mod content;
 pub mod error;
+mod events;
 pub mod hash;
 pub mod identity;
 pub mod manifest;
@@ -25,6 +26,7 @@ mod setup;
 pub mod store;
 mod sync;
 pub mod timefmt;
+mod ulid;
 
 use std::path::{Path, PathBuf};
 

@@ -22,7 +22,7 @@ use serde_json::{json, Map, Value};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::hash;
-use crate::request::{Upload, Vote};
+use crate::request::Upload;
 use crate::timefmt;
 
 pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
@@ -64,49 +64,45 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
     let client = Client {
         http,
         token: token.expose().to_string(),
-        user: user.clone(),
+        // job-server looks the checker up by GitHub username, case-sensitively.
+        user: ctx.caller.github.clone(),
         attempts: cfg.upload_attempts,
         delay: Duration::from_millis(cfg.retry_delay_ms),
     };
 
+    // The release's id is fixed before the first create is sent, so a create
+    // retried after a timeout or a crash names the same release.
+    let airlock_id = match req.airlock_id.clone() {
+        Some(a) => a,
+        None => {
+            let a = crate::ulid::new();
+            let e = ctx.entry(
+                "assign_release_id",
+                Some(id),
+                None,
+                None,
+                json!({"airlock_id": a}),
+            );
+            ctx.log(&[e])?;
+            req.airlock_id = Some(a.clone());
+            ctx.store.save(&req)?;
+            a
+        }
+    };
     let release_id = match req.release.release_id.clone() {
         Some(rid) => rid,
         None => {
-            let files: Vec<Value> = req
-                .files
-                .iter()
-                .map(|(path, f)| {
-                    let reviews: Vec<Value> = f
-                        .valid_reviews(&req.author)
-                        .map(|r| json!({"reviewer": r.reviewer, "vote": r.vote}))
-                        .collect();
-                    json!({
-                        "name": path,
-                        "size": f.size,
-                        "sha256": f.sha256,
-                        "date": f.manifest.date().unwrap_or_else(|| f.added_at.clone()),
-                        "metadata": {
-                            "job_id": f.manifest.job_id, "action": f.manifest.action,
-                            "commit": f.manifest.commit, "row_count": f.manifest.row_count,
-                            "col_count": f.manifest.col_count, "reviews": reviews,
-                        },
-                    })
-                })
-                .collect();
-            let reviewers: std::collections::BTreeSet<&str> = req
-                .files
-                .values()
-                .flat_map(|f| f.valid_reviews(&req.author))
-                .filter(|r| r.vote == Vote::Approve)
-                .map(|r| r.reviewer.as_str())
-                .collect();
-            let body = json!({
-                "files": files,
-                "metadata": {"tool": "bs-release", "request": req.id, "workspace": req.workspace,
-                             "author": req.author, "reviewers": reviewers},
-            });
+            let body = release_body(&req, &airlock_id);
             let url = format!("{server}/releases/workspace/{}", req.workspace);
             let payload = serde_json::to_vec(&body).map_err(|e| Error::Publish(e.to_string()))?;
+            let e = ctx.entry(
+                "release_create",
+                Some(id),
+                None,
+                None,
+                json!({"airlock_id": airlock_id, "server": server, "files": req.files.len()}),
+            );
+            ctx.log(&[e])?;
             let resp = client.post(&url, &[("Content-Type", "application/json")], &payload)?;
             let rid = match (resp.status, resp.header("Release-Id")) {
                 (201, Some(rid)) if valid_release_id(rid) => rid.to_string(),
@@ -169,7 +165,7 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
         );
         let status = match result {
             Ok(resp) if resp.is_success() => Ok("uploaded"),
-            Ok(resp) if (400..500).contains(&resp.status) && says_already_uploaded(&resp) => {
+            Ok(resp) if resp.status == 400 && says_already_uploaded(&resp, &path) => {
                 Ok("already_uploaded")
             }
             Ok(resp) => Err(format!("HTTP {}: {}", resp.status, snippet(&resp))),
@@ -237,6 +233,7 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
             true,
             &json!({"action": "publish", "target": id, "id": id, "from": from, "to": req.state, "release_id": release_id}),
         );
+        crate::events::notify(ctx, &req, from.as_str());
     }
     let mut extra = Map::new();
     extra.insert("uploaded".into(), Value::from(uploaded));
@@ -244,11 +241,46 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
     Ok(extra)
 }
 
-/// The server's way of saying it has this file ("... has already been uploaded").
-fn says_already_uploaded(resp: &Response) -> bool {
-    let text = resp.text().to_lowercase();
-    text.contains("already") && text.contains("uploaded")
+/// job-server's answer for a file it has (jobserver/releases.py,
+/// ReleaseFileAlreadyExists, as a 400 `{"detail": ...}`): the phrase Airlock
+/// looks for, for this file.
+fn says_already_uploaded(resp: &Response, path: &str) -> bool {
+    let detail = serde_json::from_slice::<Value>(resp.body.as_slice())
+        .ok()
+        .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default();
+    detail.contains(&format!(
+        "This version of '{path}' has already been uploaded"
+    ))
 }
+
+/// The release-creation body as Airlock sends it (old_api.create_filelist)
+/// and job-server's ReleaseSerializer requires it: per file `name`, `url`,
+/// `size`, `sha256`, `date`, `metadata` (`tool`, `airlock_id`) and `review`
+/// (null: the reviews stay on the backend), and at the top `metadata` and
+/// `review`.
+fn release_body(req: &crate::request::Request, airlock_id: &str) -> Value {
+    let metadata = json!({"tool": TOOL, "airlock_id": airlock_id});
+    let files: Vec<Value> = req
+        .files
+        .iter()
+        .map(|(path, f)| {
+            json!({
+                "name": path,
+                "url": path,
+                "size": f.size,
+                "sha256": f.sha256,
+                "date": f.manifest.date().unwrap_or_else(|| f.added_at.clone()),
+                "metadata": metadata,
+                "review": null,
+            })
+        })
+        .collect();
+    json!({"files": files, "metadata": metadata, "review": null})
+}
+
+/// `metadata.tool` of what we send.
+const TOOL: &str = "bs-release";
 
 /// A release id goes into a URL: keep it to a safe alphabet.
 fn valid_release_id(rid: &str) -> bool {

@@ -142,8 +142,17 @@ pub struct ReleaseInfo {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct Request {
     pub id: String,
+    /// The id job-server gives the release (Airlock's `airlock_id`): a ULID,
+    /// unique across backends, so a create retried after a timeout finds the
+    /// release it made. Absent in requests made before it existed; publish
+    /// gives them one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub airlock_id: Option<String>,
     pub workspace: String,
     pub author: String,
+    /// The author's GitHub login as listed (job-server's username for them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author_github: Option<String>,
     pub state: State,
     pub created_at: String,
     pub updated_at: String,
@@ -167,8 +176,10 @@ impl Request {
     pub fn new(id: String, workspace: String, author: String, now: &str) -> Request {
         Request {
             id,
+            airlock_id: Some(crate::ulid::new()),
             workspace,
             author,
+            author_github: None,
             state: State::Pending,
             created_at: now.into(),
             updated_at: now.into(),
@@ -416,6 +427,7 @@ mod tests {
     fn person(name: &str, author: bool, checker: bool) -> Caller {
         Caller {
             user: name.into(),
+            github: name.into(),
             groups: vec![],
             via: "sudo",
             author,

@@ -135,3 +135,155 @@ fn the_file_type_rule_is_enforced_again_before_release() {
     assert_eq!(publish.error_kinds(), vec!["not_releasable"]);
     assert_eq!(server.seen().len(), 0);
 }
+
+#[test]
+fn the_release_body_is_what_job_servers_serializers_require() {
+    let (sb, server) = setup();
+    let id = sb.approved("ws1", &["output/table.csv"]);
+    sb.run("rita", &["publish", &id]).ok();
+    let create = server
+        .seen()
+        .into_iter()
+        .find(|s| s.url == "/releases/workspace/ws1")
+        .unwrap();
+    assert_eq!(create.status, 201);
+    let body: serde_json::Value = serde_json::from_slice(&create.body).unwrap();
+    common::validate_release_body(&body).unwrap();
+    let airlock_id = sb.request_json(&id)["airlock_id"].clone();
+    let f = &body["files"][0];
+    assert_eq!(f["url"], "output/table.csv");
+    assert!(f["review"].is_null());
+    assert_eq!(
+        f["metadata"],
+        json!({"tool": "bs-release", "airlock_id": airlock_id})
+    );
+    assert_eq!(
+        body["metadata"],
+        json!({"tool": "bs-release", "airlock_id": airlock_id})
+    );
+    assert!(body.as_object().unwrap().contains_key("review"));
+
+    // The fake refuses what job-server refuses: the body bs-release sent
+    // before (no url, no review) would not make a release.
+    let mut old = body.clone();
+    old["files"][0].as_object_mut().unwrap().remove("url");
+    old["files"][0].as_object_mut().unwrap().remove("review");
+    old.as_object_mut().unwrap().remove("review");
+    let errors = common::validate_release_body(&old).unwrap_err();
+    assert_eq!(errors["review"][0], "This field is required.");
+    assert_eq!(errors["files[0]"]["url"][0], "This field is required.");
+    let mut bad_date = body.clone();
+    bad_date["files"][0]["date"] = json!(1795334400.0);
+    assert!(common::validate_release_body(&bad_date).is_err());
+}
+
+#[test]
+fn a_create_whose_answer_was_lost_is_retried_into_the_same_release() {
+    let (sb, server) = setup();
+    let id = sb.approved("ws1", &["output/table.csv"]);
+    // The server makes the release, then its answer never arrives in time.
+    server.set(|b| b.lose_create_answers = 1);
+    let r = sb.run("rita", &["publish", &id]);
+    r.ok();
+    assert_eq!(server.creates(), 2, "the create was sent again");
+    assert_eq!(
+        server.release_count(),
+        1,
+        "one release, found by its airlock_id"
+    );
+    assert_eq!(sb.request_json(&id)["state"], "released");
+}
+
+#[test]
+fn os_user_is_the_github_login_as_listed_with_its_capitals() {
+    let (sb, server) = setup();
+    let id = sb.approved("ws1", &["output/table.csv"]);
+    let r = sb.run("testcapitals", &["publish", &id]);
+    r.ok();
+    let users: Vec<String> = server
+        .seen()
+        .iter()
+        .map(|s| s.headers["os-user"].clone())
+        .collect();
+    assert!(users.iter().all(|u| u == "TestCapitals"), "{users:?}");
+    assert_eq!(sb.request_json(&id)["state"], "released");
+}
+
+#[test]
+fn a_file_job_server_already_has_counts_as_uploaded_and_a_crash_resumes() {
+    let (sb, server) = setup();
+    sb.outputs("ws1", &[("output/figure.svg", b"<svg/>\n")]);
+    let id = sb.approved("ws1", &["output/figure.svg", "output/table.csv"]);
+    // table.csv fails every try: the run stops with figure.svg up.
+    server.set(|b| {
+        b.fail_upload.insert("output/table.csv".into(), 3);
+    });
+    assert_eq!(sb.run("rita", &["publish", &id]).code, 1);
+    // As after a crash between the upload and its record: forget figure's.
+    let path = sb.medium().join("requests").join(&id).join("request.json");
+    let mut req = sb.request_json(&id);
+    req["files"]["output/figure.svg"]
+        .as_object_mut()
+        .unwrap()
+        .remove("upload");
+    std::fs::write(&path, serde_json::to_vec_pretty(&req).unwrap()).unwrap();
+    let r = sb.run("rita", &["publish", &id]);
+    r.ok();
+    let status: Vec<(String, String)> = r
+        .of_type("upload")
+        .iter()
+        .map(|u| {
+            (
+                u["path"].as_str().unwrap().into(),
+                u["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        status,
+        vec![
+            ("output/figure.svg".into(), "already_uploaded".into()),
+            ("output/table.csv".into(), "uploaded".into())
+        ]
+    );
+    assert_eq!(server.release_count(), 1);
+}
+
+#[test]
+fn status_changes_are_posted_to_the_airlock_events_endpoint_when_configured() {
+    let (sb, server) = setup();
+    sb.local_toml(&format!("server = {:?}\nevents = true", server.url));
+    let id = sb.approved("ws1", &["output/table.csv"]);
+    sb.run("testcapitals", &["publish", &id]).ok();
+    let events = server.events.lock().unwrap().clone();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            "request_submitted",
+            "request_partially_reviewed",
+            "request_reviewed",
+            "request_approved",
+            "request_released"
+        ]
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["user"], "TestCapitals");
+    assert_eq!(last["request_author"], "alice");
+    assert_eq!(last["workspace"], "ws1");
+    assert_eq!(last["request"], sb.request_json(&id)["airlock_id"]);
+    // A server that refuses the event does not undo or fail the change.
+    let (sb, server) = setup();
+    sb.local_toml(&format!("server = {:?}\nevents = true", server.url));
+    std::fs::write(
+        sb.root.join("etc/bs/release.env"),
+        "RELEASE_TOKEN=wrong-token\n",
+    )
+    .unwrap();
+    let id = sb.submitted("ws1", &["output/table.csv"]);
+    assert_eq!(sb.request_json(&id)["state"], "submitted");
+    assert!(sb.audit().iter().any(|e| e["action"] == "event_failed"));
+}

@@ -143,9 +143,16 @@ fn an_author_and_two_reviewers_take_a_request_to_released_and_the_audit_log_hold
     assert_eq!(t["size"], TABLE.len());
     assert!(t["date"].as_str().unwrap().starts_with("2026-11-22"));
     assert!(body["metadata"].is_object());
+    // The release is the request's airlock_id, as Airlock's are.
+    let airlock_id = sb.request_json(&id)["airlock_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(airlock_id.len(), 26);
+    assert_eq!(body["metadata"]["airlock_id"], airlock_id.as_str());
     let uploads: Vec<_> = seen
         .iter()
-        .filter(|s| s.url == "/releases/release/rel-1")
+        .filter(|s| s.url == format!("/releases/release/{airlock_id}"))
         .collect();
     assert_eq!(uploads.len(), 2);
     assert_eq!(
@@ -509,7 +516,7 @@ fn a_publish_that_fails_mid_upload_resumes_where_it_stopped() {
     assert_eq!(r.error_kinds(), vec!["upload_failed"]);
     let req = sb.request_json(&id);
     assert_eq!(req["state"], "approved");
-    assert_eq!(req["release"]["release_id"], "rel-1");
+    assert_eq!(req["release"]["release_id"], req["airlock_id"]);
     assert_eq!(
         req["files"]["output/figure.svg"]["upload"]["status"],
         "uploaded"
