@@ -46,14 +46,22 @@ pub fn confirm(req: &Request, log: &[Entry], breaks: &[Break], needed: u32) -> R
         None => return Err(not_approved(req, "no approval on record".into())),
     }
     for (path, f) in &req.files {
+        // The votes that decide: those of the reviews submitted this turn,
+        // on these bytes, each the last vote on record for its checker.
         let mut confirmed = BTreeSet::new();
-        for r in f.valid_reviews(&req.author) {
+        for r in f
+            .valid_reviews(&req.author)
+            .filter(|r| req.submitted_reviews.contains_key(&r.reviewer))
+        {
             let last = ours.iter().rev().find(|e| {
-                e.action == "vote" && e.file.as_deref() == Some(path) && e.user == r.reviewer
+                (e.action == "vote" || e.action == "reset_vote")
+                    && e.file.as_deref() == Some(path)
+                    && e.user == r.reviewer
             });
             let recorded = last.is_some_and(|e| {
-                e.sha256.as_deref() == Some(f.sha256.as_str())
-                    && e.detail.get("vote").and_then(Value::as_str) == Some(vote_name(r.vote))
+                e.action == "vote"
+                    && e.sha256.as_deref() == Some(f.sha256.as_str())
+                    && e.detail.get("vote").and_then(Value::as_str) == Some(r.vote.as_str())
             });
             if !recorded {
                 return Err(not_approved(
@@ -64,16 +72,11 @@ pub fn confirm(req: &Request, log: &[Entry], breaks: &[Break], needed: u32) -> R
                     ),
                 ));
             }
-            match r.vote {
-                Vote::Approve => {
-                    confirmed.insert(r.reviewer.as_str());
-                }
-                Vote::Reject => {
-                    return Err(not_approved(
-                        req,
-                        format!("{path}: {} voted against it", r.reviewer),
-                    ))
-                }
+            let submitted = ours
+                .iter()
+                .any(|e| e.action == "submit_review" && e.user == r.reviewer);
+            if r.vote == Vote::Approved && submitted {
+                confirmed.insert(r.reviewer.as_str());
             }
         }
         if confirmed.len() < needed as usize {
@@ -88,13 +91,6 @@ pub fn confirm(req: &Request, log: &[Entry], breaks: &[Break], needed: u32) -> R
         }
     }
     Ok(())
-}
-
-fn vote_name(v: Vote) -> &'static str {
-    match v {
-        Vote::Approve => "approve",
-        Vote::Reject => "reject",
-    }
 }
 
 fn not_approved(req: &Request, why: String) -> Error {

@@ -28,14 +28,20 @@ pub enum Command {
     /// Create, fill, submit, withdraw, return, approve or reject a request.
     #[command(subcommand)]
     Request(RequestCommand),
-    /// Vote on one file of a request: --approve, or --reject with --comment.
+    /// Vote on one output file of a request: --approve, --request-changes,
+    /// or --reset (take your vote back, until your review is submitted).
+    /// Then `request submit-review ID`.
+    #[command(group = clap::ArgGroup::new("vote").required(true))]
     Review {
         id: String,
         path: String,
-        #[arg(long, conflicts_with = "reject", required_unless_present = "reject")]
+        #[arg(long, group = "vote")]
         approve: bool,
-        #[arg(long)]
-        reject: bool,
+        #[arg(long, group = "vote", visible_alias = "reject")]
+        request_changes: bool,
+        #[arg(long, group = "vote")]
+        reset: bool,
+        /// A note kept with your vote (checkers only, blinded like the vote).
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
     },
@@ -92,6 +98,10 @@ pub enum RequestCommand {
     Submit { id: String },
     /// Withdraw your own request.
     Withdraw { id: String },
+    /// Submit your review (every output voted on): the first review makes
+    /// the request partially reviewed, the second reviewed.
+    #[command(name = "submit-review")]
+    SubmitReview { id: String },
     /// Send the request back to its author for changes.
     Return {
         id: String,

@@ -85,6 +85,7 @@ pub(crate) fn run(
             RequestCommand::Add { id, .. }
             | RequestCommand::Remove { id, .. }
             | RequestCommand::Submit { id }
+            | RequestCommand::SubmitReview { id }
             | RequestCommand::Withdraw { id }
             | RequestCommand::Return { id, .. }
             | RequestCommand::Approve { id }
@@ -114,6 +115,17 @@ pub(crate) fn run(
         let _ = ctx.audit.append(&[entry]);
     }
     result
+}
+
+/// Who had submitted a review in `turn` (for the record of an early return).
+fn from_reviews(req: &Request, _turn: u32) -> Vec<String> {
+    req.history
+        .iter()
+        .rev()
+        .take_while(|e| e.action != "submit")
+        .filter(|e| e.action == "review")
+        .map(|e| e.user.clone())
+        .collect()
 }
 
 /// The audit entry of a refused command.
@@ -148,6 +160,7 @@ impl Ctx<'_> {
                 RequestCommand::Add { id, paths } => self.add(&id, &paths),
                 RequestCommand::Remove { id, paths } => self.remove(&id, &paths),
                 RequestCommand::Submit { id } => self.change(&id, "submit", None),
+                RequestCommand::SubmitReview { id } => self.change(&id, "submit_review", None),
                 RequestCommand::Withdraw { id } => self.change(&id, "withdraw", None),
                 RequestCommand::Return { id, comment } => {
                     self.change(&id, "return", comment.as_deref())
@@ -161,14 +174,19 @@ impl Ctx<'_> {
                 id,
                 path,
                 approve,
-                reject: _,
+                request_changes: _,
+                reset,
                 comment,
-            } => self.review(
-                &id,
-                &path,
-                if approve { Vote::Approve } else { Vote::Reject },
-                comment.as_deref(),
-            ),
+            } => {
+                let vote = if reset {
+                    None
+                } else if approve {
+                    Some(Vote::Approved)
+                } else {
+                    Some(Vote::ChangesRequested)
+                };
+                self.review(&id, &path, vote, comment.as_deref())
+            }
             Command::Publish { id } => crate::publish::publish(self, &id),
             Command::Ls { state } => self.ls(state.as_deref()),
             Command::Show { id } => self.show(&id),
@@ -347,6 +365,22 @@ impl Ctx<'_> {
         let ws_dir = self.store.workspace(ws)?;
         self.store.manifest(&ws_dir)?;
         let _lock = self.store.lock()?;
+        // Airlock's rule: one current request per author and workspace.
+        for id in self.store.ids()? {
+            if let Ok(r) = self.store.load(&id) {
+                if r.workspace == ws
+                    && r.author == self.caller.user
+                    && crate::request::ACTIVE.contains(&r.state)
+                {
+                    return Err(Error::Denied(format!(
+                        "{} already has request {} ({}) for workspace {ws}: add to it, or withdraw it first",
+                        self.caller.user,
+                        r.id,
+                        r.state.as_str()
+                    )));
+                }
+            }
+        }
         let mut req = self
             .store
             .allocate(ws, &self.caller.user, &timefmt::now())?;
@@ -508,23 +542,39 @@ impl Ctx<'_> {
         let mut req = self.store.load(id)?;
         let now = timefmt::now();
         let needed = self.config.release.reviews_needed;
+        let turn = req.turn;
+        let early = action == "return" && req.is_early_return();
+        // An approved request whose job ran again can go back to its author.
+        let files_changed =
+            action == "return" && req.state == State::Approved && self.stale_file(&req).is_some();
         let from = match action {
             "submit" => req.submit(&self.caller, needed, &now)?,
+            "submit_review" => req.submit_review(&self.caller, &now)?,
             "withdraw" => req.withdraw(&self.caller, &now)?,
-            "return" => req.return_to_author(&self.caller, comment, &now)?,
+            "return" => req.return_to_author(&self.caller, comment, files_changed, &now)?,
             "approve" => req.approve(&self.caller, needed, &now)?,
             _ => req.reject(&self.caller, comment, &now)?,
         };
         if action == "submit" {
             self.verify_copies(&req)?;
         }
-        let mut entries = vec![self.entry(
+        let mut entries = Vec::new();
+        if early {
+            entries.push(self.entry(
+                "early_return",
+                Some(id),
+                None,
+                None,
+                json!({"turn": turn, "submitted_reviews": from_reviews(&req, turn)}),
+            ));
+        }
+        entries.push(self.entry(
             action,
             Some(id),
             None,
             None,
-            json!({"from": from, "to": req.state}),
-        )];
+            json!({"from": from, "to": req.state, "turn": turn, "files_changed": files_changed}),
+        ));
         if let Some(c) = comment.map(str::trim).filter(|c| !c.is_empty()) {
             entries.push(self.entry(
                 "comment",
@@ -543,6 +593,24 @@ impl Ctx<'_> {
         );
         crate::events::notify(self, &req, from.as_str());
         Ok(Map::new())
+    }
+
+    /// The first file whose copy or job output no longer is what was added.
+    fn stale_file(&self, req: &Request) -> Option<String> {
+        let manifest = self
+            .store
+            .workspace(&req.workspace)
+            .and_then(|d| self.store.manifest(&d));
+        for (path, f) in &req.files {
+            let ok = self.verify_copy(req, path, f).is_ok()
+                && manifest
+                    .as_ref()
+                    .is_ok_and(|m| self.verify_manifest(req, m, path, f).is_ok());
+            if !ok {
+                return Some(path.clone());
+            }
+        }
+        None
     }
 
     /// Every copy in the request still hashes to what was recorded.
@@ -594,68 +662,50 @@ impl Ctx<'_> {
         }
     }
 
+    /// A vote on one file (`None`: take the caller's vote back).
     fn review(
         &mut self,
         id: &str,
         path: &str,
-        vote: Vote,
+        vote: Option<Vote>,
         comment: Option<&str>,
     ) -> Result<Map<String, Value>> {
         let _lock = self.store.lock()?;
         let req = self.store.load(id)?;
         let now = timefmt::now();
         let mut next = req.clone();
-        let from = next.vote(
-            &self.caller,
-            path,
-            vote,
-            comment,
-            self.config.release.reviews_needed,
-            &now,
-        )?;
+        match vote {
+            Some(v) => next.vote(&self.caller, path, v, comment, &now)?,
+            None => next.reset_vote(&self.caller, path, &now)?,
+        }
         // The vote is for what is in the request, and that must still be the job's output.
         let f = req.files.get(path).ok_or_else(|| Error::NotFound {
             what: format!("{path} in request {id}"),
         })?;
-        self.verify_copy(&req, path, f)?;
-        let ws_dir = self.store.workspace(&req.workspace)?;
-        let manifest = self.store.manifest(&ws_dir)?;
-        self.verify_manifest(&req, &manifest, path, f)?;
-        let mut entries = vec![self.entry(
-            "vote",
+        if vote.is_some() {
+            self.verify_copy(&req, path, f)?;
+            let ws_dir = self.store.workspace(&req.workspace)?;
+            let manifest = self.store.manifest(&ws_dir)?;
+            self.verify_manifest(&req, &manifest, path, f)?;
+        }
+        let (action, vote_name) = match vote {
+            Some(v) => ("vote", v.as_str()),
+            None => ("reset_vote", "reset"),
+        };
+        let entries = vec![self.entry(
+            action,
             Some(id),
             Some(path),
             Some(&f.sha256),
-            json!({"vote": vote, "comment": comment}),
+            json!({"vote": vote_name, "comment": comment, "turn": req.turn}),
         )];
-        if let Some(c) = comment.map(str::trim).filter(|c| !c.is_empty()) {
-            entries.push(self.entry(
-                "comment",
-                Some(id),
-                Some(path),
-                Some(&f.sha256),
-                json!({"comment": c, "on": "vote"}),
-            ));
-        }
-        if next.state != from {
-            entries.push(self.entry(
-                "review",
-                Some(id),
-                None,
-                None,
-                json!({"from": from, "to": next.state}),
-            ));
-        }
         self.log(&entries)?;
         self.store.save(&next)?;
-        if next.state != from {
-            crate::events::notify(self, &next, from.as_str());
-        }
         self.out.item(
             "review",
             true,
-            &json!({"action": "review", "target": format!("{id}:{path}"), "request": id, "path": path,
-                    "vote": vote, "from": from, "to": next.state}),
+            &json!({"action": action, "target": format!("{id}:{path}"), "request": id, "path": path,
+                    "vote": vote_name, "state": next.state, "turn": next.turn}),
         );
         Ok(Map::new())
     }
@@ -713,16 +763,13 @@ impl Ctx<'_> {
     fn show(&mut self, id: &str) -> Result<Map<String, Value>> {
         let req = self.store.load(id)?;
         req.check_view(&self.caller)?;
-        let mut body = serde_json::to_value(&req).map_err(|e| Error::Usage(e.to_string()))?;
+        let view = crate::visibility::view(&req, &self.caller, self.config.release.reviews_needed);
+        let mut body = serde_json::to_value(&view).map_err(|e| Error::Usage(e.to_string()))?;
         if let Some(files) = body.get_mut("files").and_then(Value::as_object_mut) {
             for (path, f) in files.iter_mut() {
                 if let (Some(obj), Some(entry)) = (f.as_object_mut(), req.files.get(path)) {
                     let copy = self.store.blob_path(id, &entry.sha256);
                     obj.insert("copy".into(), Value::from(self.root.display_path(&copy)));
-                    obj.insert(
-                        "independent_reviews".into(),
-                        Value::from(entry.valid_reviews(&req.author).count()),
-                    );
                 }
             }
         }
@@ -749,8 +796,12 @@ impl Ctx<'_> {
         let since = since.map(|s| s.trim_end_matches('Z').to_string());
         let mut n = 0u64;
         let (entries, breaks) = self.audit.verify()?;
+        let blinded = self.blinded_requests()?;
         for e in entries {
             if since.as_deref().is_some_and(|s| e.time.as_str() < s) {
+                continue;
+            }
+            if crate::visibility::hidden_entry(&e, &self.caller.user, &blinded) {
                 continue;
             }
             n += 1;
@@ -776,6 +827,20 @@ impl Ctx<'_> {
             return Err(Error::AuditBroken(breaks.len()));
         }
         Ok(summary(&[("entries", Value::from(n))]))
+    }
+
+    /// Requests in their independent phase, with their turn: there, one
+    /// checker's votes and notes are hidden from the other.
+    fn blinded_requests(&self) -> Result<std::collections::BTreeMap<String, u32>> {
+        let mut out = std::collections::BTreeMap::new();
+        for id in self.store.ids()? {
+            if let Ok(r) = self.store.load(&id) {
+                if r.is_independent_phase() {
+                    out.insert(r.id.clone(), r.turn);
+                }
+            }
+        }
+        Ok(out)
     }
 
     // ----------------------------------------------------------------- checks

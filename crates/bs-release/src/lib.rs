@@ -27,6 +27,7 @@ pub mod store;
 mod sync;
 pub mod timefmt;
 mod ulid;
+mod visibility;
 
 use std::path::{Path, PathBuf};
 

@@ -2,12 +2,28 @@
 //! every rule (who may do what, in which state) is decided here, before
 //! anything is written, so a refused action changes nothing.
 //!
+//! Airlock's protocol (airlock/business_logic.py VALID_STATE_TRANSITIONS,
+//! permissions.py STATUS_OWNERS):
+//!
 //! ```text
-//! pending -> submitted -> partially_reviewed -> reviewed -> approved -> released
-//!               ^   \___________________\_____________\--> returned --(submit)--^
-//!               |                                     \--> rejected
-//! withdrawn  <- (the author, before a decision)
+//! pending --submit--> submitted --1st review--> partially_reviewed --2nd--> reviewed
+//!    |                    |                            |                      |  |  |
+//!    |                    +----------- return ---------+----------------------+  |  approve -> approved -> released
+//!    v                                 v                                         reject -> rejected
+//! withdrawn <--withdraw-- returned --submit (a new turn)--> submitted
 //! ```
+//!
+//! The author owns pending and returned requests (edit, submit, withdraw);
+//! the output checkers own submitted, partially reviewed and reviewed ones.
+//! Each checker votes on every output file (approved, changes requested; a
+//! vote can be reset until the review is submitted) and then submits a
+//! review: one submitted review makes the request partially reviewed, two
+//! make it reviewed. Only votes of submitted reviews, on the content they
+//! were given on, make a decision. Each submit and each return starts a new
+//! turn; a resubmission marks votes that asked for changes undecided and
+//! clears the submitted reviews, so earlier votes count again only once
+//! their checker submits a review in the new turn. An approved request whose
+//! files changed (the job ran again) can be returned, with a new release id.
 
 use std::collections::BTreeMap;
 
@@ -64,14 +80,51 @@ pub const ALL: [State; 9] = [
     State::Withdrawn,
 ];
 
-const UNDER_REVIEW: &[State] = &[State::Submitted, State::PartiallyReviewed, State::Reviewed];
-const EDITABLE: &[State] = &[State::Pending, State::Returned];
+/// Owned by the output checkers (Airlock's REVIEWER states).
+pub const UNDER_REVIEW: &[State] = &[State::Submitted, State::PartiallyReviewed, State::Reviewed];
+/// Owned by the author (Airlock's AUTHOR states).
+pub const EDITABLE: &[State] = &[State::Pending, State::Returned];
+/// Still in progress: an author has at most one such request per workspace.
+pub const ACTIVE: &[State] = &[
+    State::Pending,
+    State::Submitted,
+    State::PartiallyReviewed,
+    State::Reviewed,
+    State::Returned,
+];
+/// Before two reviews are in, nobody sees another checker's votes.
+pub const INDEPENDENT: &[State] = &[State::Submitted, State::PartiallyReviewed];
 
+/// A checker's vote on one output file (Airlock's RequestFileVote).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Vote {
-    Approve,
-    Reject,
+    #[serde(alias = "approve")]
+    Approved,
+    #[serde(alias = "reject")]
+    ChangesRequested,
+    /// Set by a resubmission on votes that asked for changes: to be voted again.
+    Undecided,
+}
+
+impl Vote {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Vote::Approved => "approved",
+            Vote::ChangesRequested => "changes_requested",
+            Vote::Undecided => "undecided",
+        }
+    }
+}
+
+/// The decision on a file from the votes of submitted reviews (Airlock's RequestFileDecision).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Approved,
+    ChangesRequested,
+    Conflicted,
+    Incomplete,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -83,6 +136,9 @@ pub struct Review {
     /// The content the vote was for: a replaced file needs new votes.
     pub sha256: String,
     pub at: String,
+    /// The turn the vote was cast (or marked undecided) in.
+    #[serde(default)]
+    pub turn: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -108,11 +164,47 @@ pub struct FileEntry {
 }
 
 impl FileEntry {
-    /// The votes that count: for the current content, by someone other than the author.
+    /// The votes for the current content, by someone other than the author.
     pub fn valid_reviews<'a>(&'a self, author: &'a str) -> impl Iterator<Item = &'a Review> + 'a {
         self.reviews
             .iter()
             .filter(move |r| r.sha256 == self.sha256 && r.reviewer != author)
+    }
+
+    /// `reviewer`'s vote on the current content, if any.
+    pub fn vote_of(&self, reviewer: &str) -> Option<Vote> {
+        self.reviews
+            .iter()
+            .find(|r| r.reviewer == reviewer && r.sha256 == self.sha256)
+            .map(|r| r.vote)
+    }
+
+    /// Airlock's decision: from the votes of submitted reviews only.
+    pub fn decision(
+        &self,
+        author: &str,
+        submitted: &BTreeMap<String, String>,
+        needed: u32,
+    ) -> Decision {
+        let votes: Vec<Vote> = self
+            .valid_reviews(author)
+            .filter(|r| submitted.contains_key(&r.reviewer))
+            .map(|r| r.vote)
+            .collect();
+        let approved = votes.iter().filter(|v| **v == Vote::Approved).count();
+        let changes = votes
+            .iter()
+            .filter(|v| **v == Vote::ChangesRequested)
+            .count();
+        if approved >= needed as usize {
+            Decision::Approved
+        } else if votes.len() < needed as usize {
+            Decision::Incomplete
+        } else if changes >= needed as usize {
+            Decision::ChangesRequested
+        } else {
+            Decision::Conflicted
+        }
     }
 }
 
@@ -162,6 +254,20 @@ pub struct Request {
     pub history: Vec<Event>,
     #[serde(default)]
     pub release: ReleaseInfo,
+    /// The review turn: each submit and each return starts a new one.
+    #[serde(default = "first_turn")]
+    pub turn: u32,
+    /// Checkers who submitted their review this turn, and when.
+    #[serde(default)]
+    pub submitted_reviews: BTreeMap<String, String>,
+    /// The submitted reviews of the turn before: what a returned request's
+    /// decisions, shown to its author, come from.
+    #[serde(default)]
+    pub turn_reviewers: BTreeMap<String, String>,
+}
+
+fn first_turn() -> u32 {
+    1
 }
 
 fn allowed_text(states: &[State]) -> String {
@@ -186,6 +292,9 @@ impl Request {
             files: BTreeMap::new(),
             history: Vec::new(),
             release: ReleaseInfo::default(),
+            turn: 1,
+            submitted_reviews: BTreeMap::new(),
+            turn_reviewers: BTreeMap::new(),
         }
     }
 
@@ -250,13 +359,19 @@ impl Request {
         self.updated_at = now.into();
     }
 
+    /// A new turn: the submitted reviews of the last one no longer count.
+    fn start_new_turn(&mut self) {
+        self.turn += 1;
+        self.turn_reviewers = std::mem::take(&mut self.submitted_reviews);
+    }
+
     /// May `caller` add or remove files now?
     pub fn check_edit(&self, caller: &Caller, action: &str) -> Result<()> {
         self.require_author(caller, action)?;
         self.require_state(action, EDITABLE)
     }
 
-    pub fn submit(&mut self, caller: &Caller, needed: u32, now: &str) -> Result<State> {
+    pub fn submit(&mut self, caller: &Caller, _needed: u32, now: &str) -> Result<State> {
         self.require_author(caller, "submit")?;
         self.require_state("submit", EDITABLE)?;
         if self.files.is_empty() {
@@ -265,39 +380,85 @@ impl Request {
                 self.id
             )));
         }
-        let to = self.progress_with(needed);
         let from = self.state;
-        self.transition(to, caller, "submit", None, now);
+        if from == State::Returned {
+            // Votes that asked for changes are to be cast again (Airlock marks them undecided).
+            let turn = self.turn;
+            for f in self.files.values_mut() {
+                for r in &mut f.reviews {
+                    if r.vote == Vote::ChangesRequested {
+                        r.vote = Vote::Undecided;
+                        r.turn = turn;
+                    }
+                }
+            }
+        }
+        self.transition(State::Submitted, caller, "submit", None, now);
+        self.start_new_turn();
         Ok(from)
     }
 
+    /// The author, while they own the request (pending or returned).
     pub fn withdraw(&mut self, caller: &Caller, now: &str) -> Result<State> {
         self.require_author(caller, "withdraw")?;
-        self.require_state(
-            "withdraw",
-            &[
-                State::Pending,
-                State::Submitted,
-                State::PartiallyReviewed,
-                State::Reviewed,
-                State::Returned,
-            ],
-        )?;
+        self.require_state("withdraw", EDITABLE)?;
         let from = self.state;
         self.transition(State::Withdrawn, caller, "withdraw", None, now);
         Ok(from)
     }
 
+    /// Whether returning now is an early return (fewer than two reviews
+    /// submitted): the turn's votes are then undone first.
+    pub fn is_early_return(&self) -> bool {
+        UNDER_REVIEW.contains(&self.state) && self.submitted_reviews.len() < 2
+    }
+
+    /// Send the request back to its author. `files_changed`: whether a file
+    /// no longer matches the job's output, which lets an approved request
+    /// (one whose job ran again) be returned rather than stay stuck.
     pub fn return_to_author(
         &mut self,
         caller: &Caller,
         comment: Option<&str>,
+        files_changed: bool,
         now: &str,
     ) -> Result<State> {
         self.require_independent_checker(caller, "return")?;
-        self.require_state("return", UNDER_REVIEW)?;
+        if self.state == State::Approved {
+            if !files_changed {
+                return Err(Error::Denied(format!(
+                    "request {} is approved and its files are what was approved: publish it",
+                    self.id
+                )));
+            }
+            // job-server ties a release id to its files: the next approval
+            // makes a new release.
+            self.airlock_id = Some(crate::ulid::new());
+            self.release = ReleaseInfo::default();
+            for f in self.files.values_mut() {
+                f.upload = None;
+            }
+        } else {
+            self.require_state("return", UNDER_REVIEW)?;
+        }
+        if self.is_early_return() {
+            // Airlock's revert_turn_activity: the votes of this turn go
+            // (those of a submitted review become undecided).
+            let turn = self.turn;
+            let submitted = self.submitted_reviews.clone();
+            for f in self.files.values_mut() {
+                f.reviews
+                    .retain(|r| r.turn != turn || submitted.contains_key(&r.reviewer));
+                for r in &mut f.reviews {
+                    if r.turn == turn {
+                        r.vote = Vote::Undecided;
+                    }
+                }
+            }
+        }
         let from = self.state;
         self.transition(State::Returned, caller, "return", comment, now);
+        self.start_new_turn();
         Ok(from)
     }
 
@@ -305,22 +466,11 @@ impl Request {
         self.require_independent_checker(caller, "approve")?;
         self.require_state("approve", &[State::Reviewed])?;
         for (path, f) in &self.files {
-            let approvals = f
-                .valid_reviews(&self.author)
-                .filter(|r| r.vote == Vote::Approve)
-                .count();
-            let rejections = f
-                .valid_reviews(&self.author)
-                .filter(|r| r.vote == Vote::Reject)
-                .count();
-            if rejections > 0 {
+            let d = f.decision(&self.author, &self.submitted_reviews, needed);
+            if d != Decision::Approved {
                 return Err(Error::Denied(format!(
-                    "{path} has {rejections} rejection(s): return the request to its author or reject it"
-                )));
-            }
-            if approvals < needed as usize {
-                return Err(Error::Denied(format!(
-                    "{path} has {approvals} approval(s); {needed} independent approvals are needed"
+                    "{path}: the decision of the submitted reviews is {}: {needed} independent approvals are needed",
+                    serde_json::to_value(d).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
                 )));
             }
         }
@@ -341,25 +491,25 @@ impl Request {
         Ok(from)
     }
 
-    /// Record `caller`'s vote on `path` (replacing an earlier vote of theirs)
-    /// and move the request on as far as the votes allow.
+    /// Record `caller`'s vote on `path` (replacing an earlier vote of
+    /// theirs). A vote does not move the request: submitting the review does.
     pub fn vote(
         &mut self,
         caller: &Caller,
         path: &str,
         vote: Vote,
         comment: Option<&str>,
-        needed: u32,
         now: &str,
-    ) -> Result<State> {
+    ) -> Result<()> {
         self.require_independent_checker(caller, "review")?;
-        let comment = comment.map(str::trim).filter(|c| !c.is_empty());
-        if vote == Vote::Reject && comment.is_none() {
+        self.require_state("vote on", UNDER_REVIEW)?;
+        if vote == Vote::Undecided {
             return Err(Error::Usage(
-                "a rejection needs a comment: --comment TEXT".into(),
+                "undecided is set by a resubmission, not voted".into(),
             ));
         }
-        self.require_state("review", UNDER_REVIEW)?;
+        let comment = comment.map(str::trim).filter(|c| !c.is_empty());
+        let turn = self.turn;
         let Some(file) = self.files.get_mut(path) else {
             return Err(Error::NotFound {
                 what: format!("{path} in request {}", self.id),
@@ -372,30 +522,74 @@ impl Request {
             comment: comment.map(str::to_string),
             sha256: file.sha256.clone(),
             at: now.into(),
+            turn,
         });
         self.updated_at = now.into();
-        let from = self.state;
-        let to = self.progress_with(needed);
-        if to != from {
-            self.transition(to, caller, "review", None, now);
-        }
-        Ok(from)
+        Ok(())
     }
 
-    /// Submitted, partially reviewed or reviewed, from the votes.
-    fn progress_with(&self, needed: u32) -> State {
-        let counts: Vec<usize> = self
-            .files
-            .values()
-            .map(|f| f.valid_reviews(&self.author).count())
-            .collect();
-        if !counts.is_empty() && counts.iter().all(|&c| c >= needed as usize) {
-            State::Reviewed
-        } else if counts.iter().any(|&c| c > 0) {
-            State::PartiallyReviewed
-        } else {
-            State::Submitted
+    /// Take back `caller`'s vote on `path`: only before their review is submitted.
+    pub fn reset_vote(&mut self, caller: &Caller, path: &str, now: &str) -> Result<()> {
+        self.require_independent_checker(caller, "review")?;
+        self.require_state("reset a vote on", UNDER_REVIEW)?;
+        if self.submitted_reviews.contains_key(&caller.user) {
+            return Err(Error::Denied(format!(
+                "{} has submitted their review of request {}: its votes cannot be reset",
+                caller.user, self.id
+            )));
         }
+        let Some(file) = self.files.get_mut(path) else {
+            return Err(Error::NotFound {
+                what: format!("{path} in request {}", self.id),
+            });
+        };
+        let before = file.reviews.len();
+        file.reviews.retain(|r| r.reviewer != caller.user);
+        if file.reviews.len() == before {
+            return Err(Error::NotFound {
+                what: format!("a vote of {} on {path}", caller.user),
+            });
+        }
+        self.updated_at = now.into();
+        Ok(())
+    }
+
+    /// Submit `caller`'s review: every output voted on (its current
+    /// content), once a turn. The first makes the request partially
+    /// reviewed, the second reviewed.
+    pub fn submit_review(&mut self, caller: &Caller, now: &str) -> Result<State> {
+        self.require_independent_checker(caller, "review")?;
+        self.require_state("submit a review of", UNDER_REVIEW)?;
+        if self.submitted_reviews.contains_key(&caller.user) {
+            return Err(Error::Denied(format!(
+                "{} has already submitted their review of request {} this turn",
+                caller.user, self.id
+            )));
+        }
+        let missing: Vec<&str> = self
+            .files
+            .iter()
+            .filter(|(_, f)| matches!(f.vote_of(&caller.user), None | Some(Vote::Undecided)))
+            .map(|(p, _)| p.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Denied(format!(
+                "vote on every file before submitting your review; not yet voted: {}",
+                missing.join(", ")
+            )));
+        }
+        self.submitted_reviews
+            .insert(caller.user.clone(), now.to_string());
+        let from = self.state;
+        let to = match self.submitted_reviews.len() {
+            1 => State::PartiallyReviewed,
+            _ => State::Reviewed,
+        };
+        if to != from && from != State::Reviewed {
+            self.transition(to, caller, "review", None, now);
+        }
+        self.updated_at = now.into();
+        Ok(from)
     }
 
     pub fn check_publish(&self, caller: &Caller) -> Result<()> {
@@ -417,6 +611,20 @@ impl Request {
                 caller.user
             )))
         }
+    }
+
+    /// Whether votes are blinded now: before two reviews are in, a checker
+    /// sees only their own.
+    pub fn is_independent_phase(&self) -> bool {
+        INDEPENDENT.contains(&self.state)
+    }
+
+    /// Whether the author may see the decisions: once the checkers' turn is over.
+    pub fn author_sees_decisions(&self) -> bool {
+        matches!(
+            self.state,
+            State::Returned | State::Approved | State::Rejected | State::Released
+        )
     }
 }
 
@@ -456,33 +664,48 @@ mod tests {
         r
     }
 
+    fn vote_all(r: &mut Request, who: &Caller, v: Vote) {
+        for p in ["a.csv", "b.csv"] {
+            r.vote(who, p, v, None, "t").unwrap();
+        }
+    }
+
     #[test]
-    fn two_independent_approvals_per_file_lead_to_reviewed_then_approved() {
+    fn two_submitted_reviews_make_it_reviewed_then_approved() {
         let mut r = submitted();
         let (bob, carol) = (person("bob", false, true), person("carol", true, true));
-        r.vote(&bob, "a.csv", Vote::Approve, None, 2, "t2").unwrap();
+        r.vote(&bob, "a.csv", Vote::Approved, None, "t2").unwrap();
+        assert_eq!(
+            r.state,
+            State::Submitted,
+            "a vote does not move the request"
+        );
+        assert!(r.submit_review(&bob, "t").is_err(), "b.csv not voted yet");
+        r.vote(&bob, "b.csv", Vote::Approved, None, "t3").unwrap();
+        r.submit_review(&bob, "t").unwrap();
         assert_eq!(r.state, State::PartiallyReviewed);
-        r.vote(&bob, "b.csv", Vote::Approve, None, 2, "t3").unwrap();
-        r.vote(&carol, "a.csv", Vote::Approve, None, 2, "t4")
-            .unwrap();
-        assert_eq!(r.state, State::PartiallyReviewed, "b.csv has one review");
+        assert!(r.submit_review(&bob, "t").is_err(), "once a turn");
+        vote_all(&mut r, &carol, Vote::Approved);
         assert!(r.approve(&bob, 2, "t5").is_err());
-        r.vote(&carol, "b.csv", Vote::Approve, None, 2, "t6")
-            .unwrap();
+        r.submit_review(&carol, "t").unwrap();
         assert_eq!(r.state, State::Reviewed);
         r.approve(&bob, 2, "t7").unwrap();
         assert_eq!(r.state, State::Approved);
     }
 
     #[test]
-    fn the_same_reviewer_twice_is_one_review() {
+    fn a_vote_can_be_reset_until_the_review_is_submitted() {
         let mut r = submitted();
         let bob = person("bob", false, true);
-        for p in ["a.csv", "b.csv", "a.csv", "b.csv"] {
-            r.vote(&bob, p, Vote::Approve, None, 2, "t").unwrap();
-        }
-        assert_eq!(r.state, State::PartiallyReviewed);
-        assert_eq!(r.files["a.csv"].reviews.len(), 1);
+        r.vote(&bob, "a.csv", Vote::Approved, None, "t").unwrap();
+        r.reset_vote(&bob, "a.csv", "t").unwrap();
+        assert!(r.files["a.csv"].reviews.is_empty());
+        vote_all(&mut r, &bob, Vote::Approved);
+        r.submit_review(&bob, "t").unwrap();
+        assert!(matches!(
+            r.reset_vote(&bob, "a.csv", "t"),
+            Err(Error::Denied(_))
+        ));
     }
 
     #[test]
@@ -491,42 +714,36 @@ mod tests {
         let before = r.clone();
         let alice_checker = person("alice", true, true);
         assert!(matches!(
-            r.vote(&alice_checker, "a.csv", Vote::Approve, None, 2, "t"),
+            r.vote(&alice_checker, "a.csv", Vote::Approved, None, "t"),
             Err(Error::Denied(_))
         ));
         assert!(matches!(
             r.vote(
                 &person("dave", true, false),
                 "a.csv",
-                Vote::Approve,
+                Vote::Approved,
                 None,
-                2,
                 "t"
             ),
             Err(Error::Denied(_))
         ));
-        assert!(r.return_to_author(&alice_checker, None, "t").is_err());
+        assert!(r
+            .return_to_author(&alice_checker, None, false, "t")
+            .is_err());
+        assert!(r
+            .vote(
+                &person("bob", false, true),
+                "nope.csv",
+                Vote::Approved,
+                None,
+                "t"
+            )
+            .is_err());
         assert_eq!(r, before);
     }
 
     #[test]
-    fn a_rejection_needs_a_comment() {
-        let mut r = submitted();
-        let bob = person("bob", false, true);
-        assert!(matches!(
-            r.vote(&bob, "a.csv", Vote::Reject, Some("  "), 2, "t"),
-            Err(Error::Usage(_))
-        ));
-        r.vote(&bob, "a.csv", Vote::Reject, Some("small numbers"), 2, "t")
-            .unwrap();
-        assert_eq!(
-            r.files["a.csv"].reviews[0].comment.as_deref(),
-            Some("small numbers")
-        );
-    }
-
-    #[test]
-    fn wrong_transitions_say_what_is_allowed() {
+    fn only_airlocks_transitions_and_withdraw_only_while_the_author_owns_it() {
         let mut r = Request::new("1".into(), "ws".into(), "alice".into(), "t0");
         let alice = person("alice", true, false);
         let err = r.submit(&alice, 2, "t").unwrap_err();
@@ -535,26 +752,82 @@ mod tests {
         let err = r.approve(&person("bob", false, true), 2, "t").unwrap_err();
         assert!(err.to_string().contains("allowed when reviewed"), "{err}");
         assert!(r.check_publish(&person("bob", false, true)).is_err());
+        r.submit(&alice, 2, "t").unwrap();
+        let err = r.withdraw(&alice, "t").unwrap_err();
+        assert!(matches!(err, Error::WrongState { .. }), "{err}");
+        r.return_to_author(&person("bob", false, true), None, false, "t")
+            .unwrap();
         r.withdraw(&alice, "t").unwrap();
         assert!(r.submit(&alice, 2, "t").is_err());
     }
 
     #[test]
-    fn a_replaced_file_needs_new_votes_after_return() {
+    fn a_resubmission_starts_a_turn_in_which_old_votes_count_only_when_reviewed_again() {
         let mut r = submitted();
         let (bob, carol) = (person("bob", false, true), person("carol", false, true));
-        for p in ["a.csv", "b.csv"] {
-            r.vote(&bob, p, Vote::Approve, None, 2, "t").unwrap();
-            r.vote(&carol, p, Vote::Approve, None, 2, "t").unwrap();
-        }
+        vote_all(&mut r, &bob, Vote::Approved);
+        r.vote(&carol, "a.csv", Vote::Approved, None, "t").unwrap();
+        r.vote(&carol, "b.csv", Vote::ChangesRequested, None, "t")
+            .unwrap();
+        r.submit_review(&bob, "t").unwrap();
+        r.submit_review(&carol, "t").unwrap();
         assert_eq!(r.state, State::Reviewed);
-        r.return_to_author(&bob, Some("fix b"), "t").unwrap();
+        assert!(r.approve(&bob, 2, "t").is_err(), "b.csv is conflicted");
+        let turn = r.turn;
+        r.return_to_author(&bob, Some("fix b"), false, "t").unwrap();
+        assert_eq!(r.turn, turn + 1);
         r.files.get_mut("b.csv").unwrap().sha256 = "b2".into();
         r.submit(&person("alice", true, false), 2, "t").unwrap();
         assert_eq!(
             r.state,
-            State::PartiallyReviewed,
-            "a.csv keeps its votes, b.csv needs new ones"
+            State::Submitted,
+            "not straight to reviewed on old votes"
         );
+        assert!(r.submitted_reviews.is_empty());
+        assert_eq!(
+            r.files["b.csv"]
+                .reviews
+                .iter()
+                .find(|x| x.reviewer == "carol")
+                .unwrap()
+                .vote,
+            Vote::Undecided
+        );
+        // Bob's approval of a.csv stands but b.csv changed: he must vote it again.
+        assert!(r.submit_review(&bob, "t").is_err());
+        r.vote(&bob, "b.csv", Vote::Approved, None, "t").unwrap();
+        r.submit_review(&bob, "t").unwrap();
+        assert_eq!(r.state, State::PartiallyReviewed);
+    }
+
+    #[test]
+    fn an_early_return_undoes_the_turns_votes() {
+        let mut r = submitted();
+        let bob = person("bob", false, true);
+        vote_all(&mut r, &bob, Vote::ChangesRequested);
+        assert!(r.is_early_return());
+        r.return_to_author(&bob, Some("wrong files"), false, "t")
+            .unwrap();
+        assert!(r.files.values().all(|f| f.reviews.is_empty()));
+        assert_eq!(r.state, State::Returned);
+    }
+
+    #[test]
+    fn an_approved_request_whose_files_changed_can_be_returned_with_a_new_release_id() {
+        let mut r = submitted();
+        let (bob, carol) = (person("bob", false, true), person("carol", false, true));
+        for c in [&bob, &carol] {
+            vote_all(&mut r, c, Vote::Approved);
+            r.submit_review(c, "t").unwrap();
+        }
+        r.approve(&bob, 2, "t").unwrap();
+        assert!(r.return_to_author(&bob, None, false, "t").is_err());
+        let old = r.airlock_id.clone();
+        r.release.release_id = old.clone();
+        r.return_to_author(&bob, Some("the job ran again"), true, "t")
+            .unwrap();
+        assert_eq!(r.state, State::Returned);
+        assert_ne!(r.airlock_id, old);
+        assert!(r.release.release_id.is_none());
     }
 }

@@ -287,3 +287,136 @@ fn status_changes_are_posted_to_the_airlock_events_endpoint_when_configured() {
     assert_eq!(sb.request_json(&id)["state"], "submitted");
     assert!(sb.audit().iter().any(|e| e["action"] == "event_failed"));
 }
+
+fn show(sb: &Sandbox, user: &str, id: &str) -> serde_json::Value {
+    let r = sb.run(user, &["show", id]);
+    r.ok();
+    r.of_type("request")[0].clone()
+}
+
+#[test]
+fn until_both_reviews_are_in_a_checker_sees_only_their_own_votes_and_the_author_none() {
+    let (sb, _server) = setup();
+    let id = sb.submitted("ws1", &["output/table.csv"]);
+    sb.run(
+        "rita",
+        &[
+            "review",
+            &id,
+            "output/table.csv",
+            "--request-changes",
+            "--comment",
+            "B is small",
+        ],
+    )
+    .ok();
+    sb.run("rita", &["request", "submit-review", &id]).ok();
+    // Victor, reviewing independently, sees nothing of rita's.
+    let v = show(&sb, "victor", &id);
+    assert_eq!(v["files"]["output/table.csv"]["reviews"], json!([]));
+    assert!(v["files"]["output/table.csv"].get("decision").is_none());
+    assert_eq!(v["submitted_reviews"], json!({}));
+    let audit = sb.run("victor", &["audit"]);
+    audit.ok();
+    assert!(
+        !audit
+            .of_type("audit")
+            .iter()
+            .any(|e| e["action"] == "vote" && e["user"] == "rita"),
+        "rita's vote is hidden from victor in the audit log too"
+    );
+    assert!(!format!("{:?}", audit.records).contains("B is small"));
+    // The author sees no votes and no decision.
+    let a = show(&sb, "alice", &id);
+    assert!(a["files"]["output/table.csv"].get("reviews").is_none());
+    assert!(a["files"]["output/table.csv"].get("decision").is_none());
+    assert!(!a.to_string().contains("B is small"));
+
+    sb.review_all("victor", &id, &["output/table.csv"], "--approve");
+    assert_eq!(sb.request_json(&id)["state"], "reviewed");
+    // Both in: the checkers see each other's votes and the decision.
+    let v = show(&sb, "victor", &id);
+    assert_eq!(
+        v["files"]["output/table.csv"]["reviews"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(v["files"]["output/table.csv"]["decision"], "conflicted");
+    let audit = sb.run("victor", &["audit"]);
+    assert!(audit
+        .of_type("audit")
+        .iter()
+        .any(|e| e["action"] == "vote" && e["user"] == "rita"));
+    // Still nothing for the author until the request comes back to them.
+    assert!(show(&sb, "alice", &id)["files"]["output/table.csv"]
+        .get("decision")
+        .is_none());
+    sb.run("victor", &["request", "return", &id]).ok();
+    let a = show(&sb, "alice", &id);
+    assert_eq!(a["files"]["output/table.csv"]["decision"], "conflicted");
+    assert!(
+        !a.to_string().contains("B is small"),
+        "a checker's note is never the author's"
+    );
+}
+
+#[test]
+fn an_author_holds_one_active_request_per_workspace() {
+    let (sb, _server) = setup();
+    let id = new_request(&sb);
+    let second = sb.run("alice", &["request", "create", "ws1"]);
+    assert_eq!(second.code, 1);
+    assert_eq!(second.error_kinds(), vec!["not_permitted"]);
+    assert!(second.of_type("error")[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("request {id}")));
+    // Another author may; and once alice's is withdrawn, she may again.
+    let dev = sb.run("dev", &["request", "create", "ws1"]);
+    dev.ok();
+    sb.run("alice", &["request", "withdraw", &id]).ok();
+    sb.run("alice", &["request", "create", "ws1"]).ok();
+}
+
+#[test]
+fn an_approved_request_whose_job_ran_again_is_returned_resubmitted_reviewed_again_and_released() {
+    let (sb, server) = setup();
+    let id = sb.approved("ws1", &["output/table.csv"]);
+    let first_id = sb.request_json(&id)["airlock_id"].clone();
+    // The job runs again and writes other numbers.
+    let new_table: &[u8] = b"group,count\nA,121\nB,46\n";
+    sb.outputs("ws1", &[("output/table.csv", new_table)]);
+    let publish = sb.run("rita", &["publish", &id]);
+    assert_eq!(publish.code, 1);
+    assert_eq!(publish.error_kinds(), vec!["file_changed"]);
+    // Not stuck: a checker returns it, and the next release gets a new id.
+    sb.run(
+        "rita",
+        &["request", "return", &id, "--comment", "the job ran again"],
+    )
+    .ok();
+    let req = sb.request_json(&id);
+    assert_eq!(req["state"], "returned");
+    assert_ne!(req["airlock_id"], first_id);
+    sb.run("alice", &["request", "add", &id, "output/table.csv"])
+        .ok();
+    sb.run("alice", &["request", "submit", &id]).ok();
+    let req = sb.request_json(&id);
+    assert_eq!(
+        req["state"], "submitted",
+        "old votes do not count in the new turn"
+    );
+    assert_eq!(req["turn"], 4);
+    for reviewer in ["rita", "victor"] {
+        sb.review_all(reviewer, &id, &["output/table.csv"], "--approve");
+    }
+    sb.run("victor", &["request", "approve", &id]).ok();
+    sb.run("rita", &["publish", &id]).ok();
+    assert_eq!(
+        server.uploads.lock().unwrap()["output/table.csv"],
+        new_table
+    );
+    assert_eq!(server.release_count(), 1);
+}

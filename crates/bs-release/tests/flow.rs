@@ -91,10 +91,16 @@ fn an_author_and_two_reviewers_take_a_request_to_released_and_the_audit_log_hold
     sb.run("alice", &["request", "submit", &id]).ok();
     assert_eq!(sb.request_json(&id)["state"], "submitted");
 
-    // One reviewer on every file is not enough.
+    // One submitted review is not enough.
     for p in ["output/table.csv", "output/figure.svg"] {
         sb.run("rita", &["review", &id, p, "--approve"]).ok();
     }
+    assert_eq!(
+        sb.request_json(&id)["state"],
+        "submitted",
+        "votes alone move nothing"
+    );
+    sb.run("rita", &["request", "submit-review", &id]).ok();
     assert_eq!(sb.request_json(&id)["state"], "partially_reviewed");
     let early = sb.run("victor", &["request", "approve", &id]);
     assert_eq!(early.code, 1);
@@ -110,6 +116,7 @@ fn an_author_and_two_reviewers_take_a_request_to_released_and_the_audit_log_hold
         )
         .ok();
     }
+    sb.run("victor", &["request", "submit-review", &id]).ok();
     assert_eq!(sb.request_json(&id)["state"], "reviewed");
     sb.run("victor", &["request", "approve", &id]).ok();
     assert_eq!(sb.request_json(&id)["state"], "approved");
@@ -171,8 +178,7 @@ fn an_author_and_two_reviewers_take_a_request_to_released_and_the_audit_log_hold
         "add",
         "submit",
         "vote",
-        "comment",
-        "review",
+        "submit_review",
         "approve",
         "release_created",
         "upload",
@@ -220,28 +226,17 @@ fn nobody_reviews_their_own_request_and_a_refusal_changes_nothing() {
         .unwrap()
         .contains("own request"));
     assert_eq!(sb.request_bytes(&id), before);
-    // Authors who are not checkers cannot review either; a rejection needs a comment.
+    // Authors who are not checkers cannot review either; a review needs every file voted.
     assert_eq!(
         sb.run("alice", &["review", &id, "output/table.csv", "--approve"])
             .code,
         1
     );
-    assert_eq!(
-        sb.run("rita", &["review", &id, "output/table.csv", "--reject"])
-            .code,
-        2
-    );
+    assert_eq!(sb.run("rita", &["request", "submit-review", &id]).code, 1);
     assert_eq!(sb.request_bytes(&id), before);
     sb.run(
         "rita",
-        &[
-            "review",
-            &id,
-            "output/table.csv",
-            "--reject",
-            "--comment",
-            "row B is small",
-        ],
+        &["review", &id, "output/table.csv", "--request-changes"],
     )
     .ok();
     let refused: Vec<_> = sb
@@ -249,13 +244,12 @@ fn nobody_reviews_their_own_request_and_a_refusal_changes_nothing() {
         .into_iter()
         .filter(|e| e["action"] == "refused")
         .collect();
-    // Every refusal is on record, the usage error of a comment-less rejection too.
+    // Every refusal is on record.
     assert_eq!(refused.len(), 3);
     assert_eq!(refused[0]["request"], id.as_str());
     assert_eq!(refused[0]["user"], "dev");
     assert_eq!(refused[0]["detail"]["kind"], "not_permitted");
     assert_eq!(refused[2]["user"], "rita");
-    assert_eq!(refused[2]["detail"]["kind"], "usage");
 }
 
 #[test]
@@ -289,7 +283,7 @@ fn wrong_transitions_exit_1_with_a_clear_message_and_change_nothing() {
         .as_str()
         .unwrap()
         .contains("is submitted: cannot submit"));
-    // Return, fix, resubmit: a replaced file needs new votes.
+    // Return, fix, resubmit: a new turn, from submitted.
     sb.run("rita", &["review", &id, "output/table.csv", "--approve"])
         .ok();
     sb.run(
@@ -300,7 +294,10 @@ fn wrong_transitions_exit_1_with_a_clear_message_and_change_nothing() {
     sb.run("alice", &["request", "add", &id, "output/figure.svg"])
         .ok();
     sb.run("alice", &["request", "submit", &id]).ok();
-    assert_eq!(sb.request_json(&id)["state"], "partially_reviewed");
+    assert_eq!(sb.request_json(&id)["state"], "submitted");
+    // The checkers own it now: the author cannot withdraw it.
+    assert_eq!(sb.run("alice", &["request", "withdraw", &id]).code, 1);
+    sb.run("rita", &["request", "return", &id]).ok();
     sb.run("alice", &["request", "withdraw", &id]).ok();
     assert_eq!(
         sb.run("rita", &["review", &id, "output/table.csv", "--approve"])
@@ -643,6 +640,18 @@ fn two_reviewers_voting_at_once_both_count() {
         assert!(ca.wait_with_output().unwrap().status.success());
         assert!(cb.wait_with_output().unwrap().status.success());
     }
+    // And both submit their reviews at once: the second makes it reviewed.
+    let mut a = sb.cmd();
+    a.env("SUDO_USER", "rita")
+        .env("SUDO_UID", "2002")
+        .args(["request", "submit-review", &id]);
+    let mut b = sb.cmd();
+    b.env("SUDO_USER", "victor")
+        .env("SUDO_UID", "2003")
+        .args(["request", "submit-review", &id]);
+    let (ca, cb) = (a.spawn().unwrap(), b.spawn().unwrap());
+    assert!(ca.wait_with_output().unwrap().status.success());
+    assert!(cb.wait_with_output().unwrap().status.success());
     let req = sb.request_json(&id);
     assert_eq!(
         req["files"]["output/table.csv"]["reviews"]

@@ -205,16 +205,22 @@ impl Sandbox {
         id
     }
 
-    /// Submitted, two approvals on every file, approved.
+    /// Submitted, two submitted reviews approving every file, approved.
     pub fn approved(&self, ws: &str, paths: &[&str]) -> String {
         let id = self.submitted(ws, paths);
         for reviewer in ["rita", "victor"] {
-            for p in paths {
-                self.run(reviewer, &["review", &id, p, "--approve"]).ok();
-            }
+            self.review_all(reviewer, &id, paths, "--approve");
         }
         self.run("rita", &["request", "approve", &id]).ok();
         id
+    }
+
+    /// `reviewer` votes `flag` on every path, then submits their review.
+    pub fn review_all(&self, reviewer: &str, id: &str, paths: &[&str], flag: &str) {
+        for p in paths {
+            self.run(reviewer, &["review", id, p, flag]).ok();
+        }
+        self.run(reviewer, &["request", "submit-review", id]).ok();
     }
 }
 
