@@ -45,7 +45,7 @@ pub fn confirm(req: &Request, log: &[Entry], breaks: &[Break], needed: u32) -> R
         }
         None => return Err(not_approved(req, "no approval on record".into())),
     }
-    for (path, f) in &req.files {
+    for (path, f) in req.outputs() {
         // The votes that decide: those of the reviews submitted this turn,
         // on these bytes, each the last vote on record for its checker.
         let mut confirmed = BTreeSet::new();

@@ -87,6 +87,31 @@ pub enum RequestCommand {
         id: String,
         #[arg(required = true)]
         paths: Vec<String>,
+        /// The group the files go in (default: `default`; a replaced file keeps its group).
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
+        /// Supporting files: reviewed as context for the outputs, never released.
+        #[arg(long)]
+        supporting: bool,
+    },
+    /// Describe a group: the context of its files and the disclosure controls
+    /// applied (both needed before submitting).
+    Group {
+        id: String,
+        name: String,
+        #[arg(long, value_name = "TEXT")]
+        context: Option<String>,
+        #[arg(long, value_name = "TEXT")]
+        controls: Option<String>,
+    },
+    /// Comment on a group: the author publicly; a checker for checkers only
+    /// (default) or, with --public, for the author too.
+    Comment {
+        id: String,
+        group: String,
+        text: String,
+        #[arg(long)]
+        public: bool,
     },
     /// Take files out of a pending or returned request.
     Remove {

@@ -83,6 +83,8 @@ pub(crate) fn run(
         Command::Request(rc) => match rc {
             RequestCommand::Create { .. } => None,
             RequestCommand::Add { id, .. }
+            | RequestCommand::Group { id, .. }
+            | RequestCommand::Comment { id, .. }
             | RequestCommand::Remove { id, .. }
             | RequestCommand::Submit { id }
             | RequestCommand::SubmitReview { id }
@@ -157,7 +159,24 @@ impl Ctx<'_> {
             Command::Files { workspace } => self.files(&workspace),
             Command::Request(rc) => match rc {
                 RequestCommand::Create { workspace } => self.create(&workspace),
-                RequestCommand::Add { id, paths } => self.add(&id, &paths),
+                RequestCommand::Add {
+                    id,
+                    paths,
+                    group,
+                    supporting,
+                } => self.add(&id, &paths, group.as_deref(), supporting),
+                RequestCommand::Group {
+                    id,
+                    name,
+                    context,
+                    controls,
+                } => self.group(&id, &name, context.as_deref(), controls.as_deref()),
+                RequestCommand::Comment {
+                    id,
+                    group,
+                    text,
+                    public,
+                } => self.comment(&id, &group, &text, public),
                 RequestCommand::Remove { id, paths } => self.remove(&id, &paths),
                 RequestCommand::Submit { id } => self.change(&id, "submit", None),
                 RequestCommand::SubmitReview { id } => self.change(&id, "submit_review", None),
@@ -402,7 +421,16 @@ impl Ctx<'_> {
         Ok(summary(&[("id", Value::from(req.id))]))
     }
 
-    fn add(&mut self, id: &str, paths: &[String]) -> Result<Map<String, Value>> {
+    fn add(
+        &mut self,
+        id: &str,
+        paths: &[String],
+        group: Option<&str>,
+        supporting: bool,
+    ) -> Result<Map<String, Value>> {
+        if let Some(g) = group {
+            crate::store::valid_group(g)?;
+        }
         let _lock = self.store.lock()?;
         let mut req = self.store.load(id)?;
         req.check_edit(&self.caller, "add files to")?;
@@ -453,7 +481,17 @@ impl Ctx<'_> {
             match result {
                 Ok(p) => {
                     let replaced = req.files.get(path.as_str()).map(|f| f.sha256 != p.sha256);
+                    let old_group = req.files.get(path.as_str()).map(|f| f.group.clone());
                     let mut entry = FileEntry {
+                        group: group
+                            .map(str::to_string)
+                            .or(old_group)
+                            .unwrap_or_else(|| crate::request::DEFAULT_GROUP.to_string()),
+                        filetype: if supporting {
+                            crate::request::FileType::Supporting
+                        } else {
+                            crate::request::FileType::Output
+                        },
                         sha256: p.sha256.clone(),
                         size: p.size,
                         added_by: self.caller.user.clone(),
@@ -472,7 +510,8 @@ impl Ctx<'_> {
                         Some(id),
                         Some(path),
                         Some(&p.sha256),
-                        json!({"size": p.size, "findings": entry.findings.len(), "replaced": replaced.unwrap_or(false)}),
+                        json!({"size": p.size, "findings": entry.findings.len(), "replaced": replaced.unwrap_or(false),
+                               "group": entry.group, "filetype": entry.filetype}),
                     ));
                     added.push(json!({
                         "action": "add", "target": format!("{id}:{path}"), "request": id, "path": path,
@@ -528,6 +567,71 @@ impl Ctx<'_> {
         for p in paths {
             self.out.item("file", true, &json!({"action": "remove", "target": format!("{id}:{p}"), "request": id, "path": p}));
         }
+        Ok(Map::new())
+    }
+
+    /// The author describes a group's context and disclosure controls.
+    fn group(
+        &mut self,
+        id: &str,
+        name: &str,
+        context: Option<&str>,
+        controls: Option<&str>,
+    ) -> Result<Map<String, Value>> {
+        let _lock = self.store.lock()?;
+        let mut req = self.store.load(id)?;
+        req.set_group(&self.caller, name, context, controls, &timefmt::now())?;
+        let g = req.groups.get(name).cloned().unwrap_or_default();
+        let e = self.entry(
+            "group_edit",
+            Some(id),
+            None,
+            None,
+            json!({"group": name, "context": g.context, "controls": g.controls}),
+        );
+        self.log(&[e])?;
+        self.store.save(&req)?;
+        self.out.item(
+            "group",
+            true,
+            &json!({"action": "group_edit", "target": format!("{id}:{name}"), "request": id,
+                    "group": name, "context": g.context, "controls": g.controls}),
+        );
+        Ok(Map::new())
+    }
+
+    /// A comment on a group (its visibility decided here: the author's are
+    /// public, a checker's are for checkers unless `public`).
+    fn comment(
+        &mut self,
+        id: &str,
+        group: &str,
+        text: &str,
+        public: bool,
+    ) -> Result<Map<String, Value>> {
+        let _lock = self.store.lock()?;
+        let mut req = self.store.load(id)?;
+        let visibility = if public || self.caller.user == req.author {
+            crate::request::Visibility::Public
+        } else {
+            crate::request::Visibility::Private
+        };
+        req.comment(&self.caller, group, text, visibility, &timefmt::now())?;
+        let e = self.entry(
+            "comment",
+            Some(id),
+            None,
+            None,
+            json!({"group": group, "comment": text.trim(), "visibility": visibility, "turn": req.turn}),
+        );
+        self.log(&[e])?;
+        self.store.save(&req)?;
+        self.out.item(
+            "comment",
+            true,
+            &json!({"action": "comment", "target": format!("{id}:{group}"), "request": id,
+                    "group": group, "visibility": visibility, "turn": req.turn}),
+        );
         Ok(Map::new())
     }
 

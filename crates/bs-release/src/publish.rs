@@ -46,7 +46,7 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
     let manifest = ctx.store.manifest(&ws_dir)?;
     // Everything is checked before anything is sent: the file-type rule
     // again (the config may have changed since the files were added).
-    for (path, f) in &req.files {
+    for (path, f) in req.outputs() {
         if let Some(why) = crate::manifest::type_refusal(path, &cfg.allowed_extensions) {
             return Err(Error::NotReleasable {
                 path: path.clone(),
@@ -100,7 +100,7 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
                 Some(id),
                 None,
                 None,
-                json!({"airlock_id": airlock_id, "server": server, "files": req.files.len()}),
+                json!({"airlock_id": airlock_id, "server": server, "files": req.outputs().count()}),
             );
             ctx.log(&[e])?;
             let resp = client.post(&url, &[("Content-Type", "application/json")], &payload)?;
@@ -135,7 +135,8 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
     };
 
     let url = format!("{server}/releases/release/{release_id}");
-    let paths: Vec<String> = req.files.keys().cloned().collect();
+    // Supporting files were reviewed as context: they never leave.
+    let paths: Vec<String> = req.outputs().map(|(p, _)| p.clone()).collect();
     let mut failed = 0usize;
     let mut uploaded = 0usize;
     for path in paths {
@@ -216,7 +217,7 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
             }
         }
     }
-    if failed == 0 && req.files.values().all(|f| f.upload.is_some()) {
+    if failed == 0 && req.outputs().all(|(_, f)| f.upload.is_some()) {
         let from = req.state;
         req.mark_released(&ctx.caller, &timefmt::now());
         let e = ctx.entry(
@@ -262,8 +263,7 @@ fn says_already_uploaded(resp: &Response, path: &str) -> bool {
 fn release_body(req: &crate::request::Request, airlock_id: &str) -> Value {
     let metadata = json!({"tool": TOOL, "airlock_id": airlock_id});
     let files: Vec<Value> = req
-        .files
-        .iter()
+        .outputs()
         .map(|(path, f)| {
             json!({
                 "name": path,

@@ -148,8 +148,59 @@ pub struct Upload {
     pub at: String,
 }
 
+/// Output files are reviewed and released; supporting files are reviewed
+/// (context for the outputs) and never released (Airlock's RequestFileType).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileType {
+    #[default]
+    Output,
+    Supporting,
+}
+
+/// Who may read a comment: everyone on the request, or output checkers only.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Visibility {
+    Public,
+    Private,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+pub struct Comment {
+    pub author: String,
+    pub text: String,
+    pub visibility: Visibility,
+    pub turn: u32,
+    pub at: String,
+}
+
+/// A named group of files with what the author says about them: the
+/// context (what the files are) and the disclosure controls applied; both
+/// are needed before submitting. Comments are per group.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+pub struct Group {
+    #[serde(default)]
+    pub context: String,
+    #[serde(default)]
+    pub controls: String,
+    #[serde(default)]
+    pub comments: Vec<Comment>,
+}
+
+/// The group files go to when none is named.
+pub const DEFAULT_GROUP: &str = "default";
+
+fn default_group() -> String {
+    DEFAULT_GROUP.into()
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct FileEntry {
+    #[serde(default = "default_group")]
+    pub group: String,
+    #[serde(default)]
+    pub filetype: FileType,
     pub sha256: String,
     pub size: u64,
     pub added_by: String,
@@ -264,10 +315,20 @@ pub struct Request {
     /// decisions, shown to its author, come from.
     #[serde(default)]
     pub turn_reviewers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub groups: BTreeMap<String, Group>,
 }
 
 fn first_turn() -> u32 {
     1
+}
+
+/// A group without its context or its controls.
+fn group_incomplete(g: Option<&Group>) -> bool {
+    match g {
+        None => true,
+        Some(g) => g.context.trim().is_empty() || g.controls.trim().is_empty(),
+    }
 }
 
 fn allowed_text(states: &[State]) -> String {
@@ -295,6 +356,7 @@ impl Request {
             turn: 1,
             submitted_reviews: BTreeMap::new(),
             turn_reviewers: BTreeMap::new(),
+            groups: BTreeMap::new(),
         }
     }
 
@@ -365,6 +427,147 @@ impl Request {
         self.turn_reviewers = std::mem::take(&mut self.submitted_reviews);
     }
 
+    /// The groups that hold files.
+    pub fn used_groups(&self) -> std::collections::BTreeSet<&str> {
+        self.files.values().map(|f| f.group.as_str()).collect()
+    }
+
+    /// The output files (supporting files are reviewed as context, never voted on or released).
+    pub fn outputs(&self) -> impl Iterator<Item = (&String, &FileEntry)> {
+        self.files
+            .iter()
+            .filter(|(_, f)| f.filetype == FileType::Output)
+    }
+
+    /// Groups where one of `deciders` asked for changes to a file, without a
+    /// public comment this turn (by `by` when given, else by anyone but the author).
+    pub fn groups_missing_public_comment(
+        &self,
+        deciders: &BTreeMap<String, String>,
+        by: Option<&str>,
+    ) -> Vec<String> {
+        let mut missing = std::collections::BTreeSet::new();
+        for (_, f) in self.outputs() {
+            let changes = f
+                .reviews
+                .iter()
+                .any(|r| deciders.contains_key(&r.reviewer) && r.vote == Vote::ChangesRequested);
+            if !changes {
+                continue;
+            }
+            let commented = self.groups.get(&f.group).is_some_and(|g| {
+                g.comments.iter().any(|c| {
+                    c.turn == self.turn
+                        && c.visibility == Visibility::Public
+                        && match by {
+                            Some(who) => c.author == who,
+                            None => c.author != self.author,
+                        }
+                })
+            });
+            if !commented {
+                missing.insert(f.group.clone());
+            }
+        }
+        missing.into_iter().collect()
+    }
+
+    /// Groups where `reviewer` asked for changes without a comment of theirs this turn.
+    fn groups_missing_comment_by(&self, reviewer: &str) -> Vec<String> {
+        let mut missing = std::collections::BTreeSet::new();
+        for (_, f) in self.outputs() {
+            if f.vote_of(reviewer) != Some(Vote::ChangesRequested) {
+                continue;
+            }
+            let commented = self.groups.get(&f.group).is_some_and(|g| {
+                g.comments
+                    .iter()
+                    .any(|c| c.turn == self.turn && c.author == reviewer)
+            });
+            if !commented {
+                missing.insert(f.group.clone());
+            }
+        }
+        missing.into_iter().collect()
+    }
+
+    /// The author describes a group: its context and disclosure controls.
+    pub fn set_group(
+        &mut self,
+        caller: &Caller,
+        name: &str,
+        context: Option<&str>,
+        controls: Option<&str>,
+        now: &str,
+    ) -> Result<()> {
+        self.check_edit(caller, "describe the groups of")?;
+        if !self.used_groups().contains(name) {
+            return Err(Error::NotFound {
+                what: format!("group {name} in request {}", self.id),
+            });
+        }
+        let g = self.groups.entry(name.to_string()).or_default();
+        if let Some(c) = context {
+            g.context = c.trim().to_string();
+        }
+        if let Some(c) = controls {
+            g.controls = c.trim().to_string();
+        }
+        self.updated_at = now.into();
+        Ok(())
+    }
+
+    /// A comment on a group. The author comments (publicly) while they own
+    /// the request; a checker who is not the author, while the checkers do,
+    /// publicly or for checkers only. Nobody else.
+    pub fn comment(
+        &mut self,
+        caller: &Caller,
+        group: &str,
+        text: &str,
+        visibility: Visibility,
+        now: &str,
+    ) -> Result<()> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(Error::Usage("a comment needs text".into()));
+        }
+        if caller.user == self.author {
+            self.require_state("comment on", EDITABLE)?;
+            if visibility == Visibility::Private {
+                return Err(Error::Denied(
+                    "authors comment publicly: private comments are for output checkers".into(),
+                ));
+            }
+        } else if caller.checker {
+            self.require_state("comment on", UNDER_REVIEW)?;
+        } else {
+            return Err(Error::Denied(format!(
+                "{} has no role on request {}: only its author and output checkers comment",
+                caller.user, self.id
+            )));
+        }
+        if !self.used_groups().contains(group) {
+            return Err(Error::NotFound {
+                what: format!("group {group} in request {}", self.id),
+            });
+        }
+        let turn = self.turn;
+        self.groups
+            .entry(group.to_string())
+            .or_default()
+            .comments
+            .push(Comment {
+                author: caller.user.clone(),
+                text: text.to_string(),
+                visibility,
+                turn,
+                at: now.into(),
+            });
+        self.updated_at = now.into();
+        Ok(())
+    }
+
     /// May `caller` add or remove files now?
     pub fn check_edit(&self, caller: &Caller, action: &str) -> Result<()> {
         self.require_author(caller, action)?;
@@ -379,6 +582,27 @@ impl Request {
                 "request {} has no files to submit",
                 self.id
             )));
+        }
+        let incomplete: Vec<&str> = self
+            .used_groups()
+            .into_iter()
+            .filter(|g| group_incomplete(self.groups.get(*g)))
+            .collect();
+        if !incomplete.is_empty() {
+            return Err(Error::Denied(format!(
+                "describe the context and the disclosure controls of group(s) {} before submitting (request group ID NAME --context T --controls T)",
+                incomplete.join(", ")
+            )));
+        }
+        if self.state == State::Returned {
+            let missing =
+                self.groups_missing_public_comment(&self.turn_reviewers, Some(&caller.user));
+            if !missing.is_empty() {
+                return Err(Error::Denied(format!(
+                    "answer the checkers on group(s) {} before resubmitting (request comment ID GROUP TEXT)",
+                    missing.join(", ")
+                )));
+            }
         }
         let from = self.state;
         if from == State::Returned {
@@ -441,6 +665,15 @@ impl Request {
         } else {
             self.require_state("return", UNDER_REVIEW)?;
         }
+        if UNDER_REVIEW.contains(&self.state) && !self.is_early_return() {
+            let missing = self.groups_missing_public_comment(&self.submitted_reviews, None);
+            if !missing.is_empty() {
+                return Err(Error::Denied(format!(
+                    "changes were requested in group(s) {}: tell the author what to change there first (request comment ID GROUP TEXT --public)",
+                    missing.join(", ")
+                )));
+            }
+        }
         if self.is_early_return() {
             // Airlock's revert_turn_activity: the votes of this turn go
             // (those of a submitted review become undecided).
@@ -465,7 +698,7 @@ impl Request {
     pub fn approve(&mut self, caller: &Caller, needed: u32, now: &str) -> Result<State> {
         self.require_independent_checker(caller, "approve")?;
         self.require_state("approve", &[State::Reviewed])?;
-        for (path, f) in &self.files {
+        for (path, f) in self.outputs() {
             let d = f.decision(&self.author, &self.submitted_reviews, needed);
             if d != Decision::Approved {
                 return Err(Error::Denied(format!(
@@ -515,6 +748,11 @@ impl Request {
                 what: format!("{path} in request {}", self.id),
             });
         };
+        if file.filetype == FileType::Supporting {
+            return Err(Error::Denied(format!(
+                "{path} is a supporting file: it is reviewed as context, not voted on"
+            )));
+        }
         file.reviews.retain(|r| r.reviewer != caller.user);
         file.reviews.push(Review {
             reviewer: caller.user.clone(),
@@ -567,8 +805,7 @@ impl Request {
             )));
         }
         let missing: Vec<&str> = self
-            .files
-            .iter()
+            .outputs()
             .filter(|(_, f)| matches!(f.vote_of(&caller.user), None | Some(Vote::Undecided)))
             .map(|(p, _)| p.as_str())
             .collect();
@@ -576,6 +813,13 @@ impl Request {
             return Err(Error::Denied(format!(
                 "vote on every file before submitting your review; not yet voted: {}",
                 missing.join(", ")
+            )));
+        }
+        let uncommented = self.groups_missing_comment_by(&caller.user);
+        if !uncommented.is_empty() {
+            return Err(Error::Denied(format!(
+                "comment on group(s) {} where you asked for changes before submitting your review",
+                uncommented.join(", ")
             )));
         }
         self.submitted_reviews
@@ -645,6 +889,8 @@ mod tests {
 
     fn file(sha: &str) -> FileEntry {
         FileEntry {
+            group: DEFAULT_GROUP.into(),
+            filetype: FileType::Output,
             sha256: sha.into(),
             size: 1,
             added_by: "alice".into(),
@@ -656,10 +902,22 @@ mod tests {
         }
     }
 
+    fn described(r: &mut Request) {
+        r.groups.insert(
+            DEFAULT_GROUP.into(),
+            Group {
+                context: "table 1".into(),
+                controls: "rounded".into(),
+                comments: vec![],
+            },
+        );
+    }
+
     fn submitted() -> Request {
         let mut r = Request::new("1".into(), "ws".into(), "alice".into(), "t0");
         r.files.insert("a.csv".into(), file("aa"));
         r.files.insert("b.csv".into(), file("bb"));
+        described(&mut r);
         r.submit(&person("alice", true, false), 2, "t1").unwrap();
         r
     }
@@ -749,6 +1007,12 @@ mod tests {
         let err = r.submit(&alice, 2, "t").unwrap_err();
         assert!(err.to_string().contains("no files"), "{err}");
         r.files.insert("a.csv".into(), file("aa"));
+        assert!(r
+            .submit(&alice, 2, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("context"));
+        described(&mut r);
         let err = r.approve(&person("bob", false, true), 2, "t").unwrap_err();
         assert!(err.to_string().contains("allowed when reviewed"), "{err}");
         assert!(r.check_publish(&person("bob", false, true)).is_err());
@@ -770,14 +1034,51 @@ mod tests {
         r.vote(&carol, "b.csv", Vote::ChangesRequested, None, "t")
             .unwrap();
         r.submit_review(&bob, "t").unwrap();
+        let err = r.submit_review(&carol, "t").unwrap_err();
+        assert!(err.to_string().contains("comment"), "{err}");
+        r.comment(
+            &carol,
+            DEFAULT_GROUP,
+            "row 2 is small",
+            Visibility::Private,
+            "t",
+        )
+        .unwrap();
         r.submit_review(&carol, "t").unwrap();
         assert_eq!(r.state, State::Reviewed);
         assert!(r.approve(&bob, 2, "t").is_err(), "b.csv is conflicted");
         let turn = r.turn;
+        // Returning with changes requested needs a word to the author.
+        assert!(r.return_to_author(&bob, None, false, "t").is_err());
+        r.comment(
+            &bob,
+            DEFAULT_GROUP,
+            "suppress row 2",
+            Visibility::Public,
+            "t",
+        )
+        .unwrap();
         r.return_to_author(&bob, Some("fix b"), false, "t").unwrap();
         assert_eq!(r.turn, turn + 1);
         r.files.get_mut("b.csv").unwrap().sha256 = "b2".into();
-        r.submit(&person("alice", true, false), 2, "t").unwrap();
+        let alice = person("alice", true, false);
+        // And the author answers before resubmitting.
+        assert!(r.submit(&alice, 2, "t").is_err());
+        assert!(r
+            .comment(&alice, DEFAULT_GROUP, "private?", Visibility::Private, "t")
+            .is_err());
+        assert!(r
+            .comment(
+                &person("eve", false, false),
+                DEFAULT_GROUP,
+                "hi",
+                Visibility::Public,
+                "t"
+            )
+            .is_err());
+        r.comment(&alice, DEFAULT_GROUP, "suppressed", Visibility::Public, "t")
+            .unwrap();
+        r.submit(&alice, 2, "t").unwrap();
         assert_eq!(
             r.state,
             State::Submitted,

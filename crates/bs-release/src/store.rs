@@ -39,6 +39,22 @@ pub struct Store {
 }
 
 /// A workspace name: one plain path component.
+/// A group name: a short label of letters, digits, spaces, `-`, `_` and `.`.
+pub fn valid_group(name: &str) -> Result<()> {
+    let ok = !name.trim().is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || " -_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "--group {name:?}: use up to 100 letters, digits, spaces, '-', '_' or '.'"
+        )))
+    }
+}
+
 pub fn valid_workspace(ws: &str) -> Result<()> {
     let ok = !ws.is_empty()
         && !ws.starts_with('.')
@@ -234,7 +250,7 @@ impl Store {
         for id in self.ids()? {
             let Ok(req) = self.load(&id) else { continue };
             if req.workspace == workspace && req.state == crate::request::State::Released {
-                out.extend(req.files.iter().map(|(p, f)| (p.clone(), f.sha256.clone())));
+                out.extend(req.outputs().map(|(p, f)| (p.clone(), f.sha256.clone())));
             }
         }
         Ok(out)

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::audit::Entry;
 use crate::identity::Caller;
-use crate::request::Request;
+use crate::request::{Comment, Request, Visibility};
 
 /// The actions whose entries carry one checker's view of a request.
 const CHECKER_ACTIONS: &[&str] = &["vote", "reset_vote", "comment"];
@@ -54,6 +54,22 @@ pub fn view(req: &Request, caller: &Caller, needed: u32) -> Value {
             }
         }
     }
+    if let Some(groups) = v.get_mut("groups").and_then(Value::as_object_mut) {
+        for (name, g) in groups.iter_mut() {
+            let Some(group) = req.groups.get(name) else {
+                continue;
+            };
+            let seen: Vec<Value> = group
+                .comments
+                .iter()
+                .filter(|c| comment_visible(req, caller, c))
+                .filter_map(|c| serde_json::to_value(c).ok())
+                .collect();
+            if let Some(obj) = g.as_object_mut() {
+                obj.insert("comments".into(), Value::from(seen));
+            }
+        }
+    }
     if let Some(obj) = v.as_object_mut() {
         if is_author || blinded {
             // Who has submitted a review is the checkers' business until the turn is over.
@@ -71,6 +87,23 @@ pub fn view(req: &Request, caller: &Caller, needed: u32) -> Value {
         }
     }
     v
+}
+
+/// Whether `caller` may read comment `c`: the author reads public comments
+/// of turns that are over (and their own); a checker reads every comment,
+/// except other checkers' of the current turn while it is independent.
+fn comment_visible(req: &Request, caller: &Caller, c: &Comment) -> bool {
+    if c.author == caller.user {
+        return true;
+    }
+    let turn_over = c.turn < req.turn || !req.is_independent_phase() && req.author_sees_decisions();
+    if caller.user == req.author {
+        return c.visibility == Visibility::Public && turn_over;
+    }
+    if !caller.checker {
+        return false;
+    }
+    c.author == req.author || c.turn < req.turn || !req.is_independent_phase()
 }
 
 /// Whether `e` is hidden from `user` reading the audit log: another

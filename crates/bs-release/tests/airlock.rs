@@ -300,17 +300,23 @@ fn until_both_reviews_are_in_a_checker_sees_only_their_own_votes_and_the_author_
     let id = sb.submitted("ws1", &["output/table.csv"]);
     sb.run(
         "rita",
-        &[
-            "review",
-            &id,
-            "output/table.csv",
-            "--request-changes",
-            "--comment",
-            "B is small",
-        ],
+        &["review", &id, "output/table.csv", "--request-changes"],
+    )
+    .ok();
+    // Changes asked for: a comment on the group first (for checkers only, by default).
+    assert_eq!(sb.run("rita", &["request", "submit-review", &id]).code, 1);
+    sb.run(
+        "rita",
+        &["request", "comment", &id, "default", "B is small"],
     )
     .ok();
     sb.run("rita", &["request", "submit-review", &id]).ok();
+    // Someone with no role cannot comment.
+    assert_eq!(
+        sb.run("eve", &["request", "comment", &id, "default", "hello"])
+            .code,
+        1
+    );
     // Victor, reviewing independently, sees nothing of rita's.
     let v = show(&sb, "victor", &id);
     assert_eq!(v["files"]["output/table.csv"]["reviews"], json!([]));
@@ -353,13 +359,40 @@ fn until_both_reviews_are_in_a_checker_sees_only_their_own_votes_and_the_author_
     assert!(show(&sb, "alice", &id)["files"]["output/table.csv"]
         .get("decision")
         .is_none());
+    // Returning with changes requested needs a public word to the author.
+    assert_eq!(sb.run("victor", &["request", "return", &id]).code, 1);
+    sb.run(
+        "victor",
+        &[
+            "request",
+            "comment",
+            &id,
+            "default",
+            "please round B",
+            "--public",
+        ],
+    )
+    .ok();
     sb.run("victor", &["request", "return", &id]).ok();
     let a = show(&sb, "alice", &id);
     assert_eq!(a["files"]["output/table.csv"]["decision"], "conflicted");
     assert!(
         !a.to_string().contains("B is small"),
-        "a checker's note is never the author's"
+        "a checker's private comment is never the author's"
     );
+    assert!(
+        a.to_string().contains("please round B"),
+        "the public one is"
+    );
+    // The author answers before resubmitting.
+    assert_eq!(sb.run("alice", &["request", "submit", &id]).code, 1);
+    sb.run(
+        "alice",
+        &["request", "comment", &id, "default", "rounded now"],
+    )
+    .ok();
+    sb.run("alice", &["request", "submit", &id]).ok();
+    assert_eq!(sb.request_json(&id)["state"], "submitted");
 }
 
 #[test]
@@ -419,4 +452,75 @@ fn an_approved_request_whose_job_ran_again_is_returned_resubmitted_reviewed_agai
         new_table
     );
     assert_eq!(server.release_count(), 1);
+}
+
+#[test]
+fn files_in_named_groups_with_supporting_files_reviewed_but_never_released() {
+    let (sb, server) = setup();
+    sb.outputs(
+        "ws1",
+        &[("output/codelist.csv", b"code,term\n123,asthma\n")],
+    );
+    let id = new_request(&sb);
+    sb.run(
+        "alice",
+        &[
+            "request",
+            "add",
+            &id,
+            "output/table.csv",
+            "--group",
+            "table 1",
+        ],
+    )
+    .ok();
+    sb.run(
+        "alice",
+        &[
+            "request",
+            "add",
+            &id,
+            "output/codelist.csv",
+            "--group",
+            "table 1",
+            "--supporting",
+        ],
+    )
+    .ok();
+    // The group needs its context and controls before the request can go.
+    let r = sb.run("alice", &["request", "submit", &id]);
+    assert_eq!(r.code, 1);
+    assert!(r.of_type("error")[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("table 1"));
+    assert_eq!(
+        sb.run(
+            "rita",
+            &["request", "group", &id, "table 1", "--context", "x"]
+        )
+        .code,
+        1,
+        "only the author describes groups"
+    );
+    sb.describe("alice", &id, "table 1");
+    sb.run("alice", &["request", "submit", &id]).ok();
+    let r = sb.run("rita", &["review", &id, "output/codelist.csv", "--approve"]);
+    assert_eq!(r.code, 1, "supporting files are not voted on");
+    for reviewer in ["rita", "victor"] {
+        sb.review_all(reviewer, &id, &["output/table.csv"], "--approve");
+    }
+    sb.run("rita", &["request", "approve", &id]).ok();
+    sb.run("victor", &["publish", &id]).ok();
+    assert_eq!(sb.request_json(&id)["state"], "released");
+    let uploads = server.uploads.lock().unwrap();
+    assert!(uploads.contains_key("output/table.csv"));
+    assert!(
+        !uploads.contains_key("output/codelist.csv"),
+        "supporting files never leave"
+    );
+    let log = sb.audit();
+    assert!(log
+        .iter()
+        .any(|e| e["action"] == "group_edit" && e["detail"]["group"] == "table 1"));
 }

@@ -88,6 +88,13 @@ fn an_author_and_two_reviewers_take_a_request_to_released_and_the_audit_log_hold
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&copy).unwrap().uid(), 10000);
 
+    let early = sb.run("alice", &["request", "submit", &id]);
+    assert_eq!(early.code, 1, "a group without context and controls");
+    assert!(early.of_type("error")[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("context"));
+    sb.describe("alice", &id, "default");
     sb.run("alice", &["request", "submit", &id]).ok();
     assert_eq!(sb.request_json(&id)["state"], "submitted");
 
@@ -216,6 +223,7 @@ fn nobody_reviews_their_own_request_and_a_refusal_changes_nothing() {
     let id = r.summary()["id"].as_str().unwrap().to_string();
     sb.run("dev", &["request", "add", &id, "output/table.csv"])
         .ok();
+    sb.describe("dev", &id, "default");
     sb.run("dev", &["request", "submit", &id]).ok();
     let before = sb.request_bytes(&id);
     let own = sb.run("dev", &["review", &id, "output/table.csv", "--approve"]);

@@ -201,8 +201,27 @@ impl Sandbox {
         let mut args = vec!["request", "add", id.as_str()];
         args.extend_from_slice(paths);
         self.run("alice", &args).ok();
+        self.describe("alice", &id, "default");
         self.run("alice", &["request", "submit", &id]).ok();
         id
+    }
+
+    /// `author` gives group `group` of request `id` its context and controls.
+    pub fn describe(&self, author: &str, id: &str, group: &str) {
+        self.run(
+            author,
+            &[
+                "request",
+                "group",
+                id,
+                group,
+                "--context",
+                "counts by group for table 1",
+                "--controls",
+                "counts under 8 suppressed, rounded to 5",
+            ],
+        )
+        .ok();
     }
 
     /// Submitted, two submitted reviews approving every file, approved.
