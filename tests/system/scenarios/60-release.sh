@@ -142,6 +142,11 @@ assert_json_eq 'select(.path=="output/small.csv") | .findings[0].check' low_coun
 assert_eq "opensafely" "$(st_exec stat -c %U /srv/medium_privacy/requests/"$id"/request.json)" \
     "the request belongs to the service account"
 as test-researcher request submit "$id"
+assert_eq 1 "$ST_RC" "a group needs its context and controls before submitting"
+as test-researcher request group "$id" default --context "Table 1: counts by group" \
+    --controls "counts under 8 suppressed"
+assert_eq 0 "$ST_RC" "the author describes the group"
+as test-researcher request submit "$id"
 assert_eq 0 "$ST_RC" "submit"
 assert_eq submitted "$(state "$id")" "state after submit"
 
@@ -152,7 +157,10 @@ assert_json_eq 'select(.type=="error") | .kind' not_permitted "$ST_JSON" "self-r
 as test-researcher request withdraw "$id"
 assert_eq 1 "$ST_RC" "the author cannot withdraw while the checkers own the request"
 as test-reviewer review "$id" output/table.csv --approve
-as test-reviewer review "$id" output/small.csv --request-changes --comment "B is 3"
+as test-reviewer review "$id" output/small.csv --request-changes
+as test-reviewer request submit-review "$id"
+assert_eq 1 "$ST_RC" "changes requested without a comment on the group"
+as test-reviewer request comment "$id" default "B is 3"
 as test-reviewer request submit-review "$id"
 assert_eq 0 "$ST_RC" "test-reviewer submits a review"
 assert_eq partially_reviewed "$(state "$id")" "one submitted review"
@@ -162,13 +170,20 @@ assert_eq 0 "$(jq -s '[.[] | select(.type=="request") | .files[].reviews[]] | le
 assert_not_contains "$ST_JSON" "B is 3" "nor their notes"
 as test-developer review "$id" output/table.csv --approve
 as test-developer review "$id" output/small.csv --request-changes
+as test-developer request comment "$id" default "small.csv: B is under 8"
 as test-developer request submit-review "$id"
 assert_eq reviewed "$(state "$id")" "two submitted reviews"
 as test-researcher show "$id"
 assert_eq 0 "$(jq -s '[.[] | select(.type=="request") | .files[] | select(has("decision") or has("reviews"))] | length' <<<"$ST_JSON")" \
     "the author sees no votes and no decision while the checkers work"
-as test-developer request return "$id" --comment "small.csv: suppress counts under 8"
+as test-developer request return "$id"
+assert_eq 1 "$ST_RC" "returning with changes requested needs a public comment"
+as test-developer request comment "$id" default "small.csv: suppress counts under 8" --public
+as test-developer request return "$id"
 assert_eq returned "$(state "$id")" "returned to the author"
+as test-researcher show "$id"
+assert_contains "$ST_JSON" "suppress counts under 8" "the author reads the public comment"
+assert_not_contains "$ST_JSON" "B is 3" "but never a checker-only one"
 
 st_step "second turn: the author fixes the file and resubmits; old votes wait for new reviews"
 st_sh 'set -e
@@ -180,6 +195,9 @@ st_sh 'set -e
         $ws/metadata/manifest.json >/tmp/m.json && cat /tmp/m.json >$ws/metadata/manifest.json'
 as test-researcher request add "$id" output/small.csv
 assert_eq 0 "$ST_RC" "the fixed file replaces the old one"
+as test-researcher request submit "$id"
+assert_eq 1 "$ST_RC" "the author answers the checkers before resubmitting"
+as test-researcher request comment "$id" default "B is redacted now"
 as test-researcher request submit "$id"
 assert_eq submitted "$(state "$id")" "a resubmission does not jump to reviewed on the old votes"
 for reviewer in test-reviewer test-developer; do
