@@ -59,10 +59,15 @@ pub enum Command {
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
     },
-    /// Disclosure checks on workspace outputs (paths under the medium-privacy
-    /// workspaces). Without paths: like `plan`, exiting 3 when `apply` has
-    /// something to do (the `check` verb of `bin/converge --verb check`).
-    Check { paths: Vec<PathBuf> },
+    /// Like `plan`, exiting 3 when `apply` has something to do (drift; the
+    /// `check` verb of `bin/converge --verb check`).
+    Check,
+    /// The disclosure checks of workspace outputs (paths under the
+    /// medium-privacy workspaces): small counts, patient ids, long tables, types.
+    Disclosure {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Copy released files one way to DIR/<workspace>/<path> (TPP's level-4 share).
     #[command(name = "sync-level4")]
     SyncLevel4 {

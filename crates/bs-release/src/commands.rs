@@ -210,9 +210,11 @@ impl Ctx<'_> {
             Command::Ls { state } => self.ls(state.as_deref()),
             Command::Show { id } => self.show(&id),
             Command::Audit { since } => self.audit_log(since.as_deref()),
-            Command::Check { paths } => self.check(&paths),
+            Command::Disclosure { paths } => self.check(&paths),
             Command::SyncLevel4 { to, delete } => crate::sync::sync(self, &to, delete),
-            Command::Plan | Command::Apply => Err(Error::Usage("handled before".into())),
+            Command::Plan | Command::Apply | Command::Check => {
+                Err(Error::Usage("handled before".into()))
+            }
         }
     }
 

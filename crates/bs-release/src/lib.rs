@@ -68,9 +68,7 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
     }
     match &cli.command {
         Command::Plan => return setup::run(&root, &config, out, Mode::Plan),
-        Command::Check { paths } if paths.is_empty() => {
-            return setup::run(&root, &config, out, Mode::Check)
-        }
+        Command::Check => return setup::run(&root, &config, out, Mode::Check),
         Command::Apply => {
             if ruid != 0 {
                 return Err(Error::Denied("bs-release apply must run as root".into()));

@@ -752,7 +752,7 @@ fn disclosure_checks_find_small_counts_patient_ids_long_tables_and_bad_types() {
     })
     .map(|p| format!("/{p}"))
     .collect();
-    let mut a = vec!["check"];
+    let mut a = vec!["disclosure"];
     a.extend(args.iter().map(String::as_str));
     let r = sb.run("alice", &a);
     r.ok();
@@ -778,7 +778,7 @@ fn disclosure_checks_find_small_counts_patient_ids_long_tables_and_bad_types() {
         0
     );
     // Outside the workspaces: refused.
-    let r = sb.run("alice", &["check", "/etc/shadow"]);
+    let r = sb.run("alice", &["disclosure", "/etc/shadow"]);
     assert_eq!(r.code, 1);
 
     // A type outside the level-4 list is not only a finding: it cannot be added.
