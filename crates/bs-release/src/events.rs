@@ -9,8 +9,8 @@ use bs_core::http::Http;
 use bs_core::secrets::Secrets;
 use serde_json::{json, Value};
 
-use crate::commands::Ctx;
 use crate::request::Request;
+use crate::session::Ctx;
 
 /// Airlock's NotificationEventType values for a move to `to` (`from` tells a
 /// resubmission from a first submission).

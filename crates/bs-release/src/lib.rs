@@ -13,8 +13,9 @@ mod approval;
 pub mod audit;
 pub mod checks;
 pub mod cli;
-mod commands;
 mod content;
+mod disclosure;
+mod dispatch;
 pub mod error;
 mod events;
 pub mod hash;
@@ -22,12 +23,17 @@ pub mod identity;
 pub mod manifest;
 mod publish;
 pub mod request;
+mod requests;
+mod reviews;
+mod session;
 mod setup;
 pub mod store;
 mod sync;
 pub mod timefmt;
 mod ulid;
+mod views;
 mod visibility;
+mod workspace_files;
 
 use std::path::{Path, PathBuf};
 
@@ -77,7 +83,7 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
         }
         _ => {}
     }
-    commands::run(cli, root, config, ruid, out)
+    dispatch::run(cli, root, config, ruid, out)
 }
 
 /// The root and config: from the flags when root runs us; from the pinned

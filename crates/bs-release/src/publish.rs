@@ -19,10 +19,10 @@ use bs_core::http::{Http, HttpError, Response};
 use bs_core::secrets::Secrets;
 use serde_json::{json, Map, Value};
 
-use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::hash;
 use crate::request::Upload;
+use crate::session::Ctx;
 use crate::timefmt;
 
 pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {

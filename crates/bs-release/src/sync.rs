@@ -13,10 +13,10 @@ use std::path::Path;
 use bs_core::safefs::{DirFd, FileSpec, Kind};
 use serde_json::{json, Map, Value};
 
-use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::hash;
 use crate::request::State;
+use crate::session::Ctx;
 
 pub(crate) fn sync(ctx: &mut Ctx, to: &Path, delete: bool) -> Result<Map<String, Value>> {
     if !ctx.caller.checker {
