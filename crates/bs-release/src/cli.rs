@@ -80,7 +80,7 @@ pub enum Command {
     /// What `apply` would do: the state directories and the sudo host file.
     Plan,
     /// Create the request store, the audit directory and /etc/bs/release.toml (root only).
-    Apply,
+    Apply(bs_core::cli::ApplyArgs),
 }
 
 #[derive(Subcommand, Debug)]

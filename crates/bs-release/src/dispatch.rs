@@ -181,7 +181,7 @@ impl Ctx<'_> {
             Command::Audit { since } => self.audit_log(since.as_deref()),
             Command::Disclosure { paths } => self.check(&paths),
             Command::SyncLevel4 { to, delete } => crate::sync::sync(self, &to, delete),
-            Command::Plan | Command::Apply | Command::Check => {
+            Command::Plan | Command::Apply(_) | Command::Check => {
                 Err(Error::Usage("handled before".into()))
             }
         }

@@ -73,13 +73,18 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
         )));
     }
     match &cli.command {
-        Command::Plan => return setup::run(&root, &config, out, Mode::Plan),
-        Command::Check => return setup::run(&root, &config, out, Mode::Check),
-        Command::Apply => {
+        Command::Plan => return setup::run(&root, &config, out, Mode::Plan, None),
+        Command::Check => return setup::run(&root, &config, out, Mode::Check, None),
+        Command::Apply(args) => {
             if ruid != 0 {
                 return Err(Error::Denied("bs-release apply must run as root".into()));
             }
-            return setup::run(&root, &config, out, Mode::Apply);
+            let _lock = cli.global.lock(&root)?;
+            let given = match args.plan_input() {
+                Some(p) => Some(p.read::<setup::SetupChange>("bs-release")?),
+                None => None,
+            };
+            return setup::run(&root, &config, out, Mode::Apply, given);
         }
         _ => {}
     }

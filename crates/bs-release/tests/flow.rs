@@ -892,6 +892,42 @@ fn apply_creates_the_state_directories_and_pins_the_host_config() {
     assert_eq!(r.summary()["changed"], 0, "{:?}", r.records);
 }
 
+#[test]
+fn apply_with_a_plan_given_back_applies_only_what_is_still_needed() {
+    let sb = Sandbox::new();
+    let mut c = sb.cmd();
+    c.arg("plan");
+    let plan = c.output().unwrap();
+    assert!(plan.status.success());
+    let text = String::from_utf8(plan.stdout).unwrap();
+    // Keep only the request store from the plan.
+    let only_store: String = text
+        .lines()
+        .filter(|l| l.contains("\"type\":\"dir\"") && l.contains("/requests"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(only_store.lines().count(), 1, "{text}");
+    let plan_file = sb.dir.path().join("plan.jsonl");
+    std::fs::write(&plan_file, &only_store).unwrap();
+    let mut c = sb.cmd();
+    c.args(["apply", "--plan", plan_file.to_str().unwrap()]);
+    let r = Run_of(&mut c);
+    r.ok();
+    assert_eq!(r.summary()["changed"], 1, "{:?}", r.records);
+    assert!(sb.medium().join("requests").is_dir());
+    assert!(
+        !sb.root.join("etc/bs/release.toml").exists(),
+        "not in the plan given"
+    );
+    // Given back again, the same change is no longer needed: skipped, nothing done.
+    let mut c = sb.cmd();
+    c.args(["apply", "--plan", plan_file.to_str().unwrap()]);
+    let r = Run_of(&mut c);
+    r.ok();
+    assert_eq!(r.summary()["changed"], 0);
+    assert_eq!(r.of_type("skipped").len(), 1);
+}
+
 /// A checkout of its own holding the layers the loader reads, so the test
 /// can change and delete it.
 fn checkout(dir: &std::path::Path) -> std::path::PathBuf {
