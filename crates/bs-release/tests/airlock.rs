@@ -524,3 +524,56 @@ fn files_in_named_groups_with_supporting_files_reviewed_but_never_released() {
         .iter()
         .any(|e| e["action"] == "group_edit" && e["detail"]["group"] == "table 1"));
 }
+
+#[test]
+fn bad_input_is_refused_clearly_and_leaves_the_request_unchanged() {
+    let (sb, _server) = setup();
+    let id = sb.submitted("ws1", &["output/table.csv"]);
+    let before = sb.request_bytes(&id);
+    for (user, args, kind) in [
+        (
+            "rita",
+            vec!["review", id.as_str(), "output/nope.csv", "--approve"],
+            "not_found",
+        ),
+        (
+            "eve",
+            vec!["request", "comment", id.as_str(), "default", "hi"],
+            "not_permitted",
+        ),
+        (
+            "rita",
+            vec!["request", "comment", id.as_str(), "no-such-group", "hi"],
+            "not_found",
+        ),
+        (
+            "rita",
+            vec!["review", id.as_str(), "output/table.csv", "--reset"],
+            "not_found",
+        ),
+        (
+            "alice",
+            vec!["request", "group", id.as_str(), "default", "--context", "x"],
+            "wrong_state",
+        ),
+    ] {
+        let r = sb.run(user, &args);
+        assert_eq!(r.code, 1, "{args:?}: {:?}", r.records);
+        assert_eq!(r.error_kinds(), vec![kind], "{args:?}");
+        assert!(!r.of_type("error")[0]["message"]
+            .as_str()
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            sb.request_bytes(&id),
+            before,
+            "{args:?} changed the request"
+        );
+    }
+    let refused = sb
+        .audit()
+        .into_iter()
+        .filter(|e| e["action"] == "refused")
+        .count();
+    assert_eq!(refused, 5, "every refusal is audited");
+}
