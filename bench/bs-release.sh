@@ -18,19 +18,26 @@ trap 'rm -rf --one-file-system "$work"' EXIT
 root=$work/root
 bin/sandbox-root "$root" 2>/dev/null
 echo "opensafely:x:10000:10000::/home/opensafely:/bin/bash" >>"$root/etc/passwd"
-echo "alice:x:2001:2001::/home/alice:/bin/bash" >>"$root/etc/passwd"
-printf 'opensafely:x:10000:\nalice:x:2001:\nresearchers:x:10011:alice\nreviewers:x:10010:\ndevelopers:x:10012:\n' \
+# One author a timed run: an author holds one active request per workspace (Airlock's rule).
+authors=""
+for ((i = 0; i < runs; i++)); do
+    echo "alice$i:x:$((2001 + i)):$((2001 + i))::/home/alice$i:/bin/bash" >>"$root/etc/passwd"
+    echo "alice$i:x:$((2001 + i)):" >>"$root/etc/group"
+    authors+="${authors:+,}alice$i"
+done
+printf 'opensafely:x:10000:\nresearchers:x:10011:%s\nreviewers:x:10010:\ndevelopers:x:10012:\n' "$authors" \
     >>"$root/etc/group"
 export BS_ROOT=$root BS_REPO=$PWD BS_BACKEND=test
 
-# make_ws WS: a manifest for every file under WS's output/ (hashing them also warms the cache).
+# make_ws WS: job-runner's manifest for every file under WS's output/ (hashing them also warms
+# the cache).
 make_ws() {
     local ws=$root/srv/medium_privacy/workspaces/$1
     mkdir -p "$ws/metadata"
     (cd "$ws" && find output -type f -print0 | sort -z | xargs -0 sha256sum) |
         awk -v ws="$ws" 'BEGIN { printf "{\"outputs\":{" }
             { cmd = "stat -c %s " ws "/" $2; cmd | getline size; close(cmd)
-              printf "%s\"%s\":{\"level\":\"moderately_sensitive\",\"size\":%s,\"sha256\":\"%s\",\"excluded\":false}", (NR > 1 ? "," : ""), $2, size, $1 }
+              printf "%s\"%s\":{\"level\":\"moderately_sensitive\",\"size\":%s,\"content_hash\":\"%s\",\"excluded\":false}", (NR > 1 ? "," : ""), $2, size, $1 }
             END { print "}}" }' >"$ws/metadata/manifest.json"
 }
 mk() { mkdir -p "$root/srv/medium_privacy/workspaces/$1/output"; }
@@ -58,20 +65,22 @@ seconds() {
 }
 files_of() { (cd "$root/srv/medium_privacy/workspaces/$1" && find output -type f | sort); }
 sums() { (cd "$root/srv/medium_privacy/workspaces/$1" && files_of "$1" | xargs -d '\n' sha256sum); }
-release() { "$bin" --as alice "$@"; }
-# Requests made ahead, one per timed run, so copies are never reused and `create` is not timed.
-fresh() { # WS: make $runs new requests for WS, ids into $work/ids-WS
-    local i
+release() { "$bin" --as alice0 "$@"; }
+# Requests made ahead, one per timed run (each by its own author), so copies are never reused
+# and `create` is not timed.
+fresh() { # WS: make $runs new requests for WS, "id author" lines into $work/ids-WS
+    local i id
     for ((i = 0; i < runs; i++)); do
-        release request create "$1" | jq -r 'select(.type=="summary") | .id'
+        id=$("$bin" --as "alice$i" request create "$1" | jq -r 'select(.type=="summary") | .id')
+        echo "$id alice$i"
     done >"$work/ids-$1"
 }
 add_all() { # add every output of WS to the next fresh request
-    local ws=$1 id
-    id=$(head -n1 "$work/ids-$ws")
+    local ws=$1 id author
+    read -r id author <"$work/ids-$ws"
     sed -i 1d "$work/ids-$ws"
     # shellcheck disable=SC2046
-    release request add "$id" $(files_of "$ws")
+    "$bin" --as "$author" request add "$id" $(files_of "$ws")
 }
 
 status=0

@@ -14,7 +14,19 @@
 //! * Lines bs does not understand (comments, NIS `+` entries) are kept
 //!   verbatim and in place; files keep their owner and mode; the previous
 //!   version is kept as `passwd-` etc., as shadow-utils does.
-//! * Each file is replaced atomically (see [`crate::safefs`]).
+//! * Each file is replaced atomically (see [`crate::safefs`]), and the four
+//!   together as one transaction through an intent journal ([`journal`]):
+//!   after a kill at any point the old set or the new set is in force, or
+//!   the next run finishes the transaction ([`recover`]) and
+//!   [`AccountDb::repair`] mends what someone else's change in between left.
+
+mod journal;
+mod logindefs;
+mod repair;
+
+pub use journal::{recover, Outcome, Recovered, JOURNAL};
+pub use logindefs::{people_uid_range, UidRange};
+pub use repair::Repair;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -347,21 +359,38 @@ impl<T: Record + Clone> Table<T> {
         out
     }
 
-    /// Write the file if it changed, keeping the previous version as `<file>-`.
-    fn save(&mut self) -> Result<bool> {
+    /// The journal entry for this file when its text changed, else `None`.
+    fn pending(&self, system_path: &str) -> Option<journal::JournalFile> {
         let text = self.render();
         if text == self.original && self.present {
-            return Ok(false);
+            return None;
         }
+        Some(journal::JournalFile {
+            path: system_path.to_string(),
+            before: self.present.then(|| self.original.clone()),
+            after: text,
+            mode: self.spec.mode,
+            uid: self.spec.uid,
+            gid: self.spec.gid,
+        })
+    }
+
+    /// Keep the version before this transaction as `<file>-`, as
+    /// shadow-utils does.
+    fn backup(&self) -> Result<()> {
         if self.present {
             let mut backup = self.path.clone().into_os_string();
             backup.push("-");
             safefs::write_atomic(Path::new(&backup), self.original.as_bytes(), &self.spec)?;
         }
+        Ok(())
+    }
+
+    fn replace(&mut self, text: &str) -> Result<()> {
         safefs::write_atomic(&self.path, text.as_bytes(), &self.spec)?;
-        self.original = text;
+        self.original = text.to_string();
         self.present = true;
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -374,6 +403,7 @@ pub struct AccountDb {
     gshadow: Table<GshadowEntry>,
     /// Loaded without the shadow files ([`AccountDb::load_public`]): never saved.
     read_only: bool,
+    root: Root,
 }
 
 /// A new account: the passwd fields. The shadow entry gets an empty,
@@ -413,6 +443,7 @@ impl AccountDb {
                 },
             )?,
             read_only: false,
+            root: root.clone(),
         })
     }
 
@@ -427,6 +458,7 @@ impl AccountDb {
             group: Table::load(root.join(GROUP), FileSpec::root(0o644))?,
             gshadow: Table::absent(root.join(GSHADOW)),
             read_only: true,
+            root: root.clone(),
         })
     }
 
@@ -552,21 +584,20 @@ impl AccountDb {
         changed
     }
 
-    /// Write every file that changed. Returns the files written.
+    /// Write every file that changed, as one transaction (see [`journal`]).
+    /// Returns the files written.
     pub fn save(&mut self) -> Result<Vec<PathBuf>> {
+        self.save_with(&mut |_| Ok(()))
+    }
+
+    /// [`AccountDb::save`], calling `step` before each file is replaced; an
+    /// error from it stops the save there, as a kill would: tests use it to
+    /// prove every interruption point recoverable.
+    pub fn save_with(&mut self, step: &mut dyn FnMut(&Path) -> Result<()>) -> Result<Vec<PathBuf>> {
         if self.read_only {
             return Err(CoreError::Usage(
                 "account files loaded without shadow and gshadow cannot be saved".into(),
             ));
-        }
-        let mut written = Vec::new();
-        // Order as shadow-utils: the shadow files first, so a passwd entry
-        // never exists without its shadow entry after a crash in between.
-        if self.shadow.save()? {
-            written.push(self.shadow.path.clone());
-        }
-        if self.passwd.save()? {
-            written.push(self.passwd.path.clone());
         }
         let has_gshadow = self.gshadow.present
             || self
@@ -574,13 +605,48 @@ impl AccountDb {
                 .lines
                 .iter()
                 .any(|l| matches!(l, Line::Entry(_)));
-        if has_gshadow && self.gshadow.save()? {
-            written.push(self.gshadow.path.clone());
+        // Order as shadow-utils: the shadow files first, so that even a
+        // reader between two renames never sees a passwd entry without
+        // its shadow entry.
+        let mut files = Vec::new();
+        files.extend(self.shadow.pending(SHADOW));
+        files.extend(self.passwd.pending(PASSWD));
+        if has_gshadow {
+            files.extend(self.gshadow.pending(GSHADOW));
         }
-        if self.group.save()? {
-            written.push(self.group.path.clone());
+        files.extend(self.group.pending(GROUP));
+        if files.is_empty() {
+            return Ok(Vec::new());
         }
+        for file in &files {
+            self.table_backup(&file.path)?;
+        }
+        let journal = journal::Journal { schema: 1, files };
+        // The commit point: from here on the new set is the one in force.
+        journal::write(&self.root, &journal)?;
+        let mut written = Vec::new();
+        for file in &journal.files {
+            let path = self.root.join(&file.path);
+            step(&path)?;
+            match file.path.as_str() {
+                SHADOW => self.shadow.replace(&file.after)?,
+                PASSWD => self.passwd.replace(&file.after)?,
+                GSHADOW => self.gshadow.replace(&file.after)?,
+                _ => self.group.replace(&file.after)?,
+            }
+            written.push(path);
+        }
+        journal::remove(&self.root)?;
         Ok(written)
+    }
+
+    fn table_backup(&self, system_path: &str) -> Result<()> {
+        match system_path {
+            SHADOW => self.shadow.backup(),
+            PASSWD => self.passwd.backup(),
+            GSHADOW => self.gshadow.backup(),
+            _ => self.group.backup(),
+        }
     }
 }
 
@@ -663,6 +729,174 @@ mod tests {
         let again = AccountDb::load(&root).unwrap();
         assert_eq!(again.groups_of("alice"), vec!["sudo"]);
         assert_eq!(again.user("alice").unwrap().uid, 1000);
+    }
+
+    fn add_alice(db: &mut AccountDb) {
+        db.add_group("developers", 10001);
+        db.add_group("alice", 1000);
+        db.add_user(&NewUser {
+            name: "alice".into(),
+            uid: 1000,
+            gid: 1000,
+            gecos: "GitHub alice".into(),
+            home: "/home/alice".into(),
+            shell: "/bin/bash".into(),
+        });
+        db.set_member("sudo", "alice", true);
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        ["passwd", "shadow", "group", "gshadow"]
+            .iter()
+            .map(|f| std::fs::read_to_string(dir.join("etc").join(f)).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_save_stopped_before_any_file_is_rolled_forward_by_the_next_run() {
+        // Stop before the 1st, 2nd, 3rd and 4th rename: each time the next
+        // run's recovery must produce exactly the set a whole save writes.
+        let (whole_dir, whole_root) = sandbox();
+        let mut db = AccountDb::load(&whole_root).unwrap();
+        add_alice(&mut db);
+        db.save().unwrap();
+        let want = files(whole_dir.path());
+        for stop_at in 0..4 {
+            let (dir, root) = sandbox();
+            let lock = PwLock::acquire(&root, Duration::from_secs(1)).unwrap();
+            let mut db = AccountDb::load(&root).unwrap();
+            add_alice(&mut db);
+            let mut n = 0;
+            let stopped = db.save_with(&mut |_| {
+                n += 1;
+                if n > stop_at {
+                    Err(CoreError::Usage("killed".into()))
+                } else {
+                    Ok(())
+                }
+            });
+            assert!(stopped.is_err());
+            assert!(root.join(JOURNAL).exists(), "stop {stop_at}: no journal");
+            let recovered = recover(&root, &lock).unwrap();
+            assert_eq!(recovered.len(), 4, "stop {stop_at}");
+            assert_eq!(
+                recovered
+                    .iter()
+                    .filter(|r| r.outcome == Outcome::AlreadyDone)
+                    .count(),
+                stop_at,
+            );
+            assert_eq!(files(dir.path()), want, "stop {stop_at}");
+            assert!(!root.join(JOURNAL).exists());
+            assert!(recover(&root, &lock).unwrap().is_empty());
+            let mut again = AccountDb::load(&root).unwrap();
+            assert!(again.repair(&|_| true).is_empty(), "stop {stop_at}");
+        }
+    }
+
+    #[test]
+    fn recovery_leaves_a_file_someone_changed_since_and_the_repair_mends_the_mix() {
+        let (dir, root) = sandbox();
+        let lock = PwLock::acquire(&root, Duration::from_secs(1)).unwrap();
+        let mut db = AccountDb::load(&root).unwrap();
+        add_alice(&mut db);
+        // Killed after shadow and passwd were replaced ...
+        let mut n = 0;
+        let _ = db.save_with(&mut |_| {
+            n += 1;
+            if n > 2 {
+                Err(CoreError::Usage("killed".into()))
+            } else {
+                Ok(())
+            }
+        });
+        // ... then a `groupadd` before the next run.
+        let group = std::fs::read_to_string(dir.path().join("etc/group")).unwrap();
+        std::fs::write(dir.path().join("etc/group"), group + "staff2:x:3000:\n").unwrap();
+        let recovered = recover(&root, &lock).unwrap();
+        let outcome = |p: &str| {
+            recovered
+                .iter()
+                .find(|r| r.path == p)
+                .unwrap()
+                .outcome
+                .clone()
+        };
+        assert_eq!(outcome(GROUP), Outcome::ChangedSince);
+        assert_eq!(outcome(GSHADOW), Outcome::RolledForward);
+        let mut db = AccountDb::load(&root).unwrap();
+        let repairs = db.repair(&|u| u.name == "alice");
+        let problems: Vec<(&str, &str)> = repairs
+            .iter()
+            .map(|r| (r.name.as_str(), r.problem))
+            .collect();
+        // alice's private group was lost with group's new text; gshadow had
+        // lines for groups the kept group file does not have.
+        assert!(
+            problems.contains(&("alice", "missing_private_group")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&("developers", "orphan_entry")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&("staff2", "missing_entry")),
+            "{problems:?}"
+        );
+        db.save().unwrap();
+        let db = AccountDb::load(&root).unwrap();
+        assert_eq!(db.group("alice").unwrap().gid, 1000);
+        assert!(db.group("staff2").is_some());
+    }
+
+    #[test]
+    fn duplicate_and_orphan_lines_are_repaired_but_a_stranger_gets_no_group() {
+        let (dir, root) = sandbox();
+        let etc = dir.path().join("etc");
+        std::fs::write(
+            etc.join("passwd"),
+            "root:x:0:0:root:/root:/bin/bash\nbob:x:1000:1000::/home/bob:/bin/bash\nstranger:x:1001:4242::/:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(
+            etc.join("shadow"),
+            "root:*:19000:0:99999:7:::\nbob::0::::::\nbob::0::::::\ngone:!:1::::::\n",
+        )
+        .unwrap();
+        let mut db = AccountDb::load(&root).unwrap();
+        let repairs = db.repair(&|u| u.name == "bob");
+        let problems: Vec<(&str, &str, &str)> = repairs
+            .iter()
+            .map(|r| (r.file, r.name.as_str(), r.problem))
+            .collect();
+        assert!(
+            problems.contains(&(SHADOW, "bob", "duplicate_entry")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&(SHADOW, "gone", "orphan_entry")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&(SHADOW, "stranger", "missing_entry")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&(GROUP, "bob", "missing_private_group")),
+            "{problems:?}"
+        );
+        assert!(!problems
+            .iter()
+            .any(|p| p.1 == "stranger" && p.2 == "missing_private_group"));
+        db.save().unwrap();
+        let shadow = std::fs::read_to_string(etc.join("shadow")).unwrap();
+        assert_eq!(shadow.matches("bob:").count(), 1, "{shadow}");
+        assert!(shadow.contains("stranger:!:"), "{shadow}");
+        assert!(AccountDb::load(&root)
+            .unwrap()
+            .repair(&|u| u.name == "bob")
+            .is_empty());
     }
 
     #[test]

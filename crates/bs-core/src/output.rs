@@ -18,6 +18,25 @@ use crate::plan::Mode;
 /// Version of the record format; bumped on incompatible changes.
 pub const SCHEMA: u32 = 1;
 
+/// The most of an error record's `message` or `target` written whole, in
+/// bytes. Errors echo their input (a list line, a path, a server's answer),
+/// and a 50 MB line must not become a 50 MB record that a terminal, a log
+/// or `jq` chokes on (issue 12, item 10): the prefix is enough to find it.
+pub const ERROR_TEXT_MAX: usize = 400;
+
+/// `text` when it fits in `max` bytes, else its first `max` bytes (cut at
+/// a character boundary) followed by `… (N bytes)`, N the whole length.
+pub fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes)", &text[..end], text.len()))
+}
+
 pub struct Output {
     tool: &'static str,
     sink: Box<dyn Write + Send>,
@@ -111,6 +130,7 @@ impl Output {
     }
 
     /// An error record; the run will exit 1 unless something worse happens.
+    /// `target` and `message` are cut to [`ERROR_TEXT_MAX`] bytes.
     pub fn error(&mut self, kind: &str, target: &str, message: &str) {
         self.failed += 1;
         self.exit = self.exit.worst(Exit::Failed);
@@ -124,8 +144,8 @@ impl Output {
             "error",
             &ErrorRecord {
                 kind,
-                target,
-                message,
+                target: &cut(target, ERROR_TEXT_MAX),
+                message: &cut(message, ERROR_TEXT_MAX),
             },
         );
     }
@@ -288,6 +308,39 @@ mod tests {
         assert_eq!(recs[0]["kind"], "fetch_failed");
         assert_eq!(recs[1]["ok"], false);
         assert_eq!(recs[1]["failed"], 1);
+    }
+
+    #[test]
+    fn a_huge_message_and_target_are_cut_to_a_readable_prefix_with_their_size() {
+        let (mut out, cap) = Output::capture("bs-test");
+        // 50 MB of input echoed back, with a multi-byte character at the cut.
+        let mut line = "x".repeat(ERROR_TEXT_MAX - 1);
+        line.push('é');
+        line.push_str(&"y".repeat(50 * 1024 * 1024));
+        let message = format!("developers:1: not a login: {line}");
+        out.error("bad_list", &line, &message);
+        out.error("fetch_failed", "alice", "HTTP 500");
+        assert_eq!(out.finish(Map::new()), Exit::Failed);
+        let recs = cap.records();
+        let target = recs[0]["target"].as_str().unwrap();
+        let msg = recs[0]["message"].as_str().unwrap();
+        assert!(target.len() < ERROR_TEXT_MAX + 32, "{}", target.len());
+        assert!(msg.len() < ERROR_TEXT_MAX + 32, "{}", msg.len());
+        // the prefix stops before the character that would straddle the cut
+        assert_eq!(
+            target,
+            format!("{}… ({} bytes)", "x".repeat(ERROR_TEXT_MAX - 1), line.len())
+        );
+        assert!(msg.starts_with("developers:1: not a login: xxx"), "{msg}");
+        assert!(
+            msg.ends_with(&format!("… ({} bytes)", message.len())),
+            "{msg}"
+        );
+        // short ones are untouched
+        assert_eq!(recs[1]["target"], "alice");
+        assert_eq!(recs[1]["message"], "HTTP 500");
+        assert_eq!(cut("abc", 3), "abc");
+        assert_eq!(cut("abcd", 3), "abc… (4 bytes)");
     }
 
     #[test]

@@ -28,14 +28,20 @@ pub enum Command {
     /// Create, fill, submit, withdraw, return, approve or reject a request.
     #[command(subcommand)]
     Request(RequestCommand),
-    /// Vote on one file of a request: --approve, or --reject with --comment.
+    /// Vote on one output file of a request: --approve, --request-changes,
+    /// or --reset (take your vote back, until your review is submitted).
+    /// Then `request submit-review ID`.
+    #[command(group = clap::ArgGroup::new("vote").required(true))]
     Review {
         id: String,
         path: String,
-        #[arg(long, conflicts_with = "reject", required_unless_present = "reject")]
+        #[arg(long, group = "vote")]
         approve: bool,
-        #[arg(long)]
-        reject: bool,
+        #[arg(long, group = "vote", visible_alias = "reject")]
+        request_changes: bool,
+        #[arg(long, group = "vote")]
+        reset: bool,
+        /// A note kept with your vote (checkers only, blinded like the vote).
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
     },
@@ -53,10 +59,15 @@ pub enum Command {
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
     },
-    /// Disclosure checks on workspace outputs (paths under the medium-privacy
-    /// workspaces). Without paths: like `plan`, exiting 3 when `apply` has
-    /// something to do (the `check` verb of `bin/converge --verb check`).
-    Check { paths: Vec<PathBuf> },
+    /// Like `plan`, exiting 3 when `apply` has something to do (drift; the
+    /// `check` verb of `bin/converge --verb check`).
+    Check,
+    /// The disclosure checks of workspace outputs (paths under the
+    /// medium-privacy workspaces): small counts, patient ids, long tables, types.
+    Disclosure {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Copy released files one way to DIR/<workspace>/<path> (TPP's level-4 share).
     #[command(name = "sync-level4")]
     SyncLevel4 {
@@ -69,7 +80,7 @@ pub enum Command {
     /// What `apply` would do: the state directories and the sudo host file.
     Plan,
     /// Create the request store, the audit directory and /etc/bs/release.toml (root only).
-    Apply,
+    Apply(bs_core::cli::ApplyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -81,6 +92,31 @@ pub enum RequestCommand {
         id: String,
         #[arg(required = true)]
         paths: Vec<String>,
+        /// The group the files go in (default: `default`; a replaced file keeps its group).
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
+        /// Supporting files: reviewed as context for the outputs, never released.
+        #[arg(long)]
+        supporting: bool,
+    },
+    /// Describe a group: the context of its files and the disclosure controls
+    /// applied (both needed before submitting).
+    Group {
+        id: String,
+        name: String,
+        #[arg(long, value_name = "TEXT")]
+        context: Option<String>,
+        #[arg(long, value_name = "TEXT")]
+        controls: Option<String>,
+    },
+    /// Comment on a group: the author publicly; a checker for checkers only
+    /// (default) or, with --public, for the author too.
+    Comment {
+        id: String,
+        group: String,
+        text: String,
+        #[arg(long)]
+        public: bool,
     },
     /// Take files out of a pending or returned request.
     Remove {
@@ -92,6 +128,10 @@ pub enum RequestCommand {
     Submit { id: String },
     /// Withdraw your own request.
     Withdraw { id: String },
+    /// Submit your review (every output voted on): the first review makes
+    /// the request partially reviewed, the second reviewed.
+    #[command(name = "submit-review")]
+    SubmitReview { id: String },
     /// Send the request back to its author for changes.
     Return {
         id: String,

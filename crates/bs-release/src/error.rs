@@ -41,6 +41,9 @@ pub enum Error {
     Publish(String),
     #[error("{0}")]
     Usage(String),
+    /// The audit log is not what bs-release wrote: each break was reported.
+    #[error("the audit log has {0} break(s): it was changed outside bs-release")]
+    AuditBroken(usize),
     /// Several items failed; each already has its own error record.
     #[error("{0} item(s) failed")]
     Items(usize),
@@ -74,6 +77,7 @@ impl Report for Error {
             Error::Manifest { .. } => "manifest",
             Error::Publish(_) => "publish",
             Error::Usage(_) => "usage",
+            Error::AuditBroken(_) => "audit_tampered",
             Error::Items(_) => "items_failed",
         }
     }

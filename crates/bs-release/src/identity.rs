@@ -36,6 +36,10 @@ impl SudoEnv {
 #[derive(Clone, Debug, Serialize)]
 pub struct Caller {
     pub user: String,
+    /// The GitHub login as listed (bs-users writes `GitHub <login>` in the
+    /// GECOS field): what job-server knows the person by, case and all. The
+    /// Unix name where there is none.
+    pub github: String,
     pub groups: Vec<String>,
     /// `sudo` or `root --as`.
     pub via: &'static str,
@@ -107,12 +111,31 @@ pub fn resolve(
     groups.sort();
     let in_any = |wanted: &[String]| groups.iter().any(|g| wanted.contains(g));
     Ok(Caller {
+        github: github_login(&name, &entry.gecos),
         author: in_any(&config.author_groups),
         checker: in_any(&config.checker_groups),
         user: name,
         groups,
         via,
     })
+}
+
+/// The GitHub login of Unix user `name` from its GECOS field, when that
+/// names one that lower-cases to `name` (bs-users' mapping); else `name`.
+pub fn github_login(name: &str, gecos: &str) -> String {
+    match gecos.strip_prefix("GitHub ").map(str::trim) {
+        Some(login)
+            if !login.is_empty()
+                && login.len() <= 39
+                && login
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && login.to_ascii_lowercase() == name =>
+        {
+            login.to_string()
+        }
+        _ => name.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -9,21 +9,31 @@
 //! store's lock from reading the request to writing it back, and decide
 //! everything (roles, state, file checks) before writing anything.
 
+mod approval;
 pub mod audit;
 pub mod checks;
 pub mod cli;
-mod commands;
 mod content;
+mod disclosure;
+mod dispatch;
 pub mod error;
+mod events;
 pub mod hash;
 pub mod identity;
 pub mod manifest;
 mod publish;
 pub mod request;
+mod requests;
+mod reviews;
+mod session;
 mod setup;
 pub mod store;
 mod sync;
 pub mod timefmt;
+mod ulid;
+mod views;
+mod visibility;
+mod workspace_files;
 
 use std::path::{Path, PathBuf};
 
@@ -63,19 +73,22 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
         )));
     }
     match &cli.command {
-        Command::Plan => return setup::run(&root, &config, out, Mode::Plan),
-        Command::Check { paths } if paths.is_empty() => {
-            return setup::run(&root, &config, out, Mode::Check)
-        }
-        Command::Apply => {
+        Command::Plan => return setup::run(&root, &config, out, Mode::Plan, None),
+        Command::Check => return setup::run(&root, &config, out, Mode::Check, None),
+        Command::Apply(args) => {
             if ruid != 0 {
                 return Err(Error::Denied("bs-release apply must run as root".into()));
             }
-            return setup::run(&root, &config, out, Mode::Apply);
+            let _lock = cli.global.lock(&root)?;
+            let given = match args.plan_input() {
+                Some(p) => Some(p.read::<setup::SetupChange>("bs-release")?),
+                None => None,
+            };
+            return setup::run(&root, &config, out, Mode::Apply, given);
         }
         _ => {}
     }
-    commands::run(cli, root, config, ruid, out)
+    dispatch::run(cli, root, config, ruid, out)
 }
 
 /// The root and config: from the flags when root runs us; from the pinned

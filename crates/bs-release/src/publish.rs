@@ -19,10 +19,10 @@ use bs_core::http::{Http, HttpError, Response};
 use bs_core::secrets::Secrets;
 use serde_json::{json, Map, Value};
 
-use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::hash;
-use crate::request::{Upload, Vote};
+use crate::request::Upload;
+use crate::session::Ctx;
 use crate::timefmt;
 
 pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
@@ -40,10 +40,19 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
         Some(ctx.config.service_account.uid),
     )?;
     let token = secrets.require("RELEASE_TOKEN")?.clone();
+    let (log, breaks) = ctx.audit.verify()?;
+    crate::approval::confirm(&req, &log, &breaks, cfg.reviews_needed)?;
     let ws_dir = ctx.store.workspace(&req.workspace)?;
     let manifest = ctx.store.manifest(&ws_dir)?;
-    // Everything is checked before anything is sent.
-    for (path, f) in &req.files {
+    // Everything is checked before anything is sent: the file-type rule
+    // again (the config may have changed since the files were added).
+    for (path, f) in req.outputs() {
+        if let Some(why) = crate::manifest::type_refusal(path, &cfg.allowed_extensions) {
+            return Err(Error::NotReleasable {
+                path: path.clone(),
+                message: format!("{why}: not released"),
+            });
+        }
         ctx.verify_copy(&req, path, f)?;
         ctx.verify_manifest(&req, &manifest, path, f)?;
     }
@@ -55,49 +64,45 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
     let client = Client {
         http,
         token: token.expose().to_string(),
-        user: user.clone(),
+        // job-server looks the checker up by GitHub username, case-sensitively.
+        user: ctx.caller.github.clone(),
         attempts: cfg.upload_attempts,
         delay: Duration::from_millis(cfg.retry_delay_ms),
     };
 
+    // The release's id is fixed before the first create is sent, so a create
+    // retried after a timeout or a crash names the same release.
+    let airlock_id = match req.airlock_id.clone() {
+        Some(a) => a,
+        None => {
+            let a = crate::ulid::new();
+            let e = ctx.entry(
+                "assign_release_id",
+                Some(id),
+                None,
+                None,
+                json!({"airlock_id": a}),
+            );
+            ctx.log(&[e])?;
+            req.airlock_id = Some(a.clone());
+            ctx.store.save(&req)?;
+            a
+        }
+    };
     let release_id = match req.release.release_id.clone() {
         Some(rid) => rid,
         None => {
-            let files: Vec<Value> = req
-                .files
-                .iter()
-                .map(|(path, f)| {
-                    let reviews: Vec<Value> = f
-                        .valid_reviews(&req.author)
-                        .map(|r| json!({"reviewer": r.reviewer, "vote": r.vote}))
-                        .collect();
-                    json!({
-                        "name": path,
-                        "size": f.size,
-                        "sha256": f.sha256,
-                        "date": f.manifest.date().unwrap_or_else(|| f.added_at.clone()),
-                        "metadata": {
-                            "job_id": f.manifest.job_id, "action": f.manifest.action,
-                            "commit": f.manifest.commit, "row_count": f.manifest.row_count,
-                            "col_count": f.manifest.col_count, "reviews": reviews,
-                        },
-                    })
-                })
-                .collect();
-            let reviewers: std::collections::BTreeSet<&str> = req
-                .files
-                .values()
-                .flat_map(|f| f.valid_reviews(&req.author))
-                .filter(|r| r.vote == Vote::Approve)
-                .map(|r| r.reviewer.as_str())
-                .collect();
-            let body = json!({
-                "files": files,
-                "metadata": {"tool": "bs-release", "request": req.id, "workspace": req.workspace,
-                             "author": req.author, "reviewers": reviewers},
-            });
+            let body = release_body(&req, &airlock_id);
             let url = format!("{server}/releases/workspace/{}", req.workspace);
             let payload = serde_json::to_vec(&body).map_err(|e| Error::Publish(e.to_string()))?;
+            let e = ctx.entry(
+                "release_create",
+                Some(id),
+                None,
+                None,
+                json!({"airlock_id": airlock_id, "server": server, "files": req.outputs().count()}),
+            );
+            ctx.log(&[e])?;
             let resp = client.post(&url, &[("Content-Type", "application/json")], &payload)?;
             let rid = match (resp.status, resp.header("Release-Id")) {
                 (201, Some(rid)) if valid_release_id(rid) => rid.to_string(),
@@ -116,7 +121,6 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
             req.release.release_id = Some(rid.clone());
             req.release.published_by = Some(user.clone());
             req.release.started_at = Some(timefmt::now());
-            ctx.store.save(&req)?;
             let e = ctx.entry(
                 "release_created",
                 Some(id),
@@ -125,12 +129,14 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
                 json!({"release_id": rid, "server": server}),
             );
             ctx.log(&[e])?;
+            ctx.store.save(&req)?;
             rid
         }
     };
 
     let url = format!("{server}/releases/release/{release_id}");
-    let paths: Vec<String> = req.files.keys().cloned().collect();
+    // Supporting files were reviewed as context: they never leave.
+    let paths: Vec<String> = req.outputs().map(|(p, _)| p.clone()).collect();
     let mut failed = 0usize;
     let mut uploaded = 0usize;
     for path in paths {
@@ -160,7 +166,7 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
         );
         let status = match result {
             Ok(resp) if resp.is_success() => Ok("uploaded"),
-            Ok(resp) if (400..500).contains(&resp.status) && says_already_uploaded(&resp) => {
+            Ok(resp) if resp.status == 400 && says_already_uploaded(&resp, &path) => {
                 Ok("already_uploaded")
             }
             Ok(resp) => Err(format!("HTTP {}: {}", resp.status, snippet(&resp))),
@@ -176,7 +182,6 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
                     });
                 }
                 req.updated_at = now;
-                ctx.store.save(&req)?;
                 let e = ctx.entry(
                     "upload",
                     Some(id),
@@ -185,6 +190,7 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
                     json!({"release_id": release_id, "status": status, "size": f.size}),
                 );
                 ctx.log(&[e])?;
+                ctx.store.save(&req)?;
                 uploaded += 1;
                 ctx.out.item(
                     "upload",
@@ -211,10 +217,9 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
             }
         }
     }
-    if failed == 0 && req.files.values().all(|f| f.upload.is_some()) {
+    if failed == 0 && req.outputs().all(|(_, f)| f.upload.is_some()) {
         let from = req.state;
         req.mark_released(&ctx.caller, &timefmt::now());
-        ctx.store.save(&req)?;
         let e = ctx.entry(
             "publish",
             Some(id),
@@ -223,11 +228,13 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
             json!({"from": from, "to": req.state, "release_id": release_id}),
         );
         ctx.log(&[e])?;
+        ctx.store.save(&req)?;
         ctx.out.item(
             "request",
             true,
             &json!({"action": "publish", "target": id, "id": id, "from": from, "to": req.state, "release_id": release_id}),
         );
+        crate::events::notify(ctx, &req, from.as_str());
     }
     let mut extra = Map::new();
     extra.insert("uploaded".into(), Value::from(uploaded));
@@ -235,11 +242,45 @@ pub(crate) fn publish(ctx: &mut Ctx, id: &str) -> Result<Map<String, Value>> {
     Ok(extra)
 }
 
-/// The server's way of saying it has this file ("... has already been uploaded").
-fn says_already_uploaded(resp: &Response) -> bool {
-    let text = resp.text().to_lowercase();
-    text.contains("already") && text.contains("uploaded")
+/// job-server's answer for a file it has (jobserver/releases.py,
+/// ReleaseFileAlreadyExists, as a 400 `{"detail": ...}`): the phrase Airlock
+/// looks for, for this file.
+fn says_already_uploaded(resp: &Response, path: &str) -> bool {
+    let detail = serde_json::from_slice::<Value>(resp.body.as_slice())
+        .ok()
+        .and_then(|v| v.get("detail").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default();
+    detail.contains(&format!(
+        "This version of '{path}' has already been uploaded"
+    ))
 }
+
+/// The release-creation body as Airlock sends it (old_api.create_filelist)
+/// and job-server's ReleaseSerializer requires it: per file `name`, `url`,
+/// `size`, `sha256`, `date`, `metadata` (`tool`, `airlock_id`) and `review`
+/// (null: the reviews stay on the backend), and at the top `metadata` and
+/// `review`.
+fn release_body(req: &crate::request::Request, airlock_id: &str) -> Value {
+    let metadata = json!({"tool": TOOL, "airlock_id": airlock_id});
+    let files: Vec<Value> = req
+        .outputs()
+        .map(|(path, f)| {
+            json!({
+                "name": path,
+                "url": path,
+                "size": f.size,
+                "sha256": f.sha256,
+                "date": f.manifest.date().unwrap_or_else(|| f.added_at.clone()),
+                "metadata": metadata,
+                "review": null,
+            })
+        })
+        .collect();
+    json!({"files": files, "metadata": metadata, "review": null})
+}
+
+/// `metadata.tool` of what we send.
+const TOOL: &str = "bs-release";
 
 /// A release id goes into a URL: keep it to a safe alphabet.
 fn valid_release_id(rid: &str) -> bool {

@@ -39,6 +39,22 @@ pub struct Store {
 }
 
 /// A workspace name: one plain path component.
+/// A group name: a short label of letters, digits, spaces, `-`, `_` and `.`.
+pub fn valid_group(name: &str) -> Result<()> {
+    let ok = !name.trim().is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || " -_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "--group {name:?}: use up to 100 letters, digits, spaces, '-', '_' or '.'"
+        )))
+    }
+}
+
 pub fn valid_workspace(ws: &str) -> Result<()> {
     let ok = !ws.is_empty()
         && !ws.starts_with('.')
@@ -204,8 +220,11 @@ impl Store {
         Ok(())
     }
 
-    /// A new request with the next free number (call under the lock).
-    pub fn create(&self, workspace: &str, author: &str, now: &str) -> Result<Request> {
+    /// A new request with the next free number (call under the lock): its
+    /// directory is made, its `request.json` is not written yet, so the
+    /// caller can audit it first ([`Store::save`] writes it; `ls` skips a
+    /// directory without one).
+    pub fn allocate(&self, workspace: &str, author: &str, now: &str) -> Result<Request> {
         let next = self
             .ids()?
             .last()
@@ -217,9 +236,24 @@ impl Store {
             .requests
             .ensure_subdir(OsStr::new(&id), &self.dir_spec())?;
         dir.ensure_subdir(OsStr::new(FILES_DIR), &self.dir_spec())?;
-        let req = Request::new(id, workspace.into(), author.into(), now);
-        self.save(&req)?;
-        Ok(req)
+        Ok(Request::new(id, workspace.into(), author.into(), now))
+    }
+
+    /// The files released from `workspace`: (path, sha256) of every file of
+    /// its released requests. Such a file cannot be requested again as an
+    /// output (Airlock's rule); new content at the same path can.
+    pub fn released(
+        &self,
+        workspace: &str,
+    ) -> Result<std::collections::BTreeSet<(String, String)>> {
+        let mut out = std::collections::BTreeSet::new();
+        for id in self.ids()? {
+            let Ok(req) = self.load(&id) else { continue };
+            if req.workspace == workspace && req.state == crate::request::State::Released {
+                out.extend(req.outputs().map(|(p, f)| (p.clone(), f.sha256.clone())));
+            }
+        }
+        Ok(out)
     }
 
     pub fn files_dir(&self, id: &str) -> Result<DirFd> {
@@ -459,6 +493,19 @@ pub fn open_file_beneath(base: &DirFd, rel: &str) -> Result<(std::fs::File, u64)
         return Err(Error::NotReleasable {
             path: rel.into(),
             message: "is not a regular file".into(),
+        });
+    }
+    // A second name for the same bytes may sit in the high-privacy tree
+    // (issue 12: a medium file hard-linked to a highly sensitive one went
+    // into a request as releasable). The job runner copies outputs, so an
+    // output with another link was not put there by it.
+    if st.st_nlink != 1 {
+        return Err(Error::NotReleasable {
+            path: rel.into(),
+            message: format!(
+                "has {} hard links: another name for the same bytes may be outside this workspace; refusing it",
+                st.st_nlink
+            ),
         });
     }
     Ok((std::fs::File::from(fd), st.st_size as u64))

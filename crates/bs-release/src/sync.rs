@@ -13,10 +13,10 @@ use std::path::Path;
 use bs_core::safefs::{DirFd, FileSpec, Kind};
 use serde_json::{json, Map, Value};
 
-use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::hash;
 use crate::request::State;
+use crate::session::Ctx;
 
 pub(crate) fn sync(ctx: &mut Ctx, to: &Path, delete: bool) -> Result<Map<String, Value>> {
     if !ctx.caller.checker {
@@ -52,7 +52,8 @@ pub(crate) fn sync(ctx: &mut Ctx, to: &Path, delete: bool) -> Result<Map<String,
     released.sort_by(|a, b| a.release.finished_at.cmp(&b.release.finished_at));
     let mut wanted: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
     for req in &released {
-        for (path, f) in &req.files {
+        // Released files only: supporting files never leave.
+        for (path, f) in req.outputs() {
             wanted.insert(
                 (req.workspace.clone(), path.clone()),
                 (req.id.clone(), f.sha256.clone()),

@@ -88,13 +88,26 @@ fn an_author_and_two_reviewers_take_a_request_to_released_and_the_audit_log_hold
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&copy).unwrap().uid(), 10000);
 
+    let early = sb.run("alice", &["request", "submit", &id]);
+    assert_eq!(early.code, 1, "a group without context and controls");
+    assert!(early.of_type("error")[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("context"));
+    sb.describe("alice", &id, "default");
     sb.run("alice", &["request", "submit", &id]).ok();
     assert_eq!(sb.request_json(&id)["state"], "submitted");
 
-    // One reviewer on every file is not enough.
+    // One submitted review is not enough.
     for p in ["output/table.csv", "output/figure.svg"] {
         sb.run("rita", &["review", &id, p, "--approve"]).ok();
     }
+    assert_eq!(
+        sb.request_json(&id)["state"],
+        "submitted",
+        "votes alone move nothing"
+    );
+    sb.run("rita", &["request", "submit-review", &id]).ok();
     assert_eq!(sb.request_json(&id)["state"], "partially_reviewed");
     let early = sb.run("victor", &["request", "approve", &id]);
     assert_eq!(early.code, 1);
@@ -110,6 +123,7 @@ fn an_author_and_two_reviewers_take_a_request_to_released_and_the_audit_log_hold
         )
         .ok();
     }
+    sb.run("victor", &["request", "submit-review", &id]).ok();
     assert_eq!(sb.request_json(&id)["state"], "reviewed");
     sb.run("victor", &["request", "approve", &id]).ok();
     assert_eq!(sb.request_json(&id)["state"], "approved");
@@ -143,9 +157,16 @@ fn an_author_and_two_reviewers_take_a_request_to_released_and_the_audit_log_hold
     assert_eq!(t["size"], TABLE.len());
     assert!(t["date"].as_str().unwrap().starts_with("2026-11-22"));
     assert!(body["metadata"].is_object());
+    // The release is the request's airlock_id, as Airlock's are.
+    let airlock_id = sb.request_json(&id)["airlock_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(airlock_id.len(), 26);
+    assert_eq!(body["metadata"]["airlock_id"], airlock_id.as_str());
     let uploads: Vec<_> = seen
         .iter()
-        .filter(|s| s.url == "/releases/release/rel-1")
+        .filter(|s| s.url == format!("/releases/release/{airlock_id}"))
         .collect();
     assert_eq!(uploads.len(), 2);
     assert_eq!(
@@ -164,8 +185,7 @@ fn an_author_and_two_reviewers_take_a_request_to_released_and_the_audit_log_hold
         "add",
         "submit",
         "vote",
-        "comment",
-        "review",
+        "submit_review",
         "approve",
         "release_created",
         "upload",
@@ -203,6 +223,7 @@ fn nobody_reviews_their_own_request_and_a_refusal_changes_nothing() {
     let id = r.summary()["id"].as_str().unwrap().to_string();
     sb.run("dev", &["request", "add", &id, "output/table.csv"])
         .ok();
+    sb.describe("dev", &id, "default");
     sb.run("dev", &["request", "submit", &id]).ok();
     let before = sb.request_bytes(&id);
     let own = sb.run("dev", &["review", &id, "output/table.csv", "--approve"]);
@@ -213,28 +234,17 @@ fn nobody_reviews_their_own_request_and_a_refusal_changes_nothing() {
         .unwrap()
         .contains("own request"));
     assert_eq!(sb.request_bytes(&id), before);
-    // Authors who are not checkers cannot review either; a rejection needs a comment.
+    // Authors who are not checkers cannot review either; a review needs every file voted.
     assert_eq!(
         sb.run("alice", &["review", &id, "output/table.csv", "--approve"])
             .code,
         1
     );
-    assert_eq!(
-        sb.run("rita", &["review", &id, "output/table.csv", "--reject"])
-            .code,
-        2
-    );
+    assert_eq!(sb.run("rita", &["request", "submit-review", &id]).code, 1);
     assert_eq!(sb.request_bytes(&id), before);
     sb.run(
         "rita",
-        &[
-            "review",
-            &id,
-            "output/table.csv",
-            "--reject",
-            "--comment",
-            "row B is small",
-        ],
+        &["review", &id, "output/table.csv", "--request-changes"],
     )
     .ok();
     let refused: Vec<_> = sb
@@ -242,9 +252,12 @@ fn nobody_reviews_their_own_request_and_a_refusal_changes_nothing() {
         .into_iter()
         .filter(|e| e["action"] == "refused")
         .collect();
-    assert_eq!(refused.len(), 2);
+    // Every refusal is on record.
+    assert_eq!(refused.len(), 3);
     assert_eq!(refused[0]["request"], id.as_str());
     assert_eq!(refused[0]["user"], "dev");
+    assert_eq!(refused[0]["detail"]["kind"], "not_permitted");
+    assert_eq!(refused[2]["user"], "rita");
 }
 
 #[test]
@@ -278,7 +291,7 @@ fn wrong_transitions_exit_1_with_a_clear_message_and_change_nothing() {
         .as_str()
         .unwrap()
         .contains("is submitted: cannot submit"));
-    // Return, fix, resubmit: a replaced file needs new votes.
+    // Return, fix, resubmit: a new turn, from submitted.
     sb.run("rita", &["review", &id, "output/table.csv", "--approve"])
         .ok();
     sb.run(
@@ -289,7 +302,10 @@ fn wrong_transitions_exit_1_with_a_clear_message_and_change_nothing() {
     sb.run("alice", &["request", "add", &id, "output/figure.svg"])
         .ok();
     sb.run("alice", &["request", "submit", &id]).ok();
-    assert_eq!(sb.request_json(&id)["state"], "partially_reviewed");
+    assert_eq!(sb.request_json(&id)["state"], "submitted");
+    // The checkers own it now: the author cannot withdraw it.
+    assert_eq!(sb.run("alice", &["request", "withdraw", &id]).code, 1);
+    sb.run("rita", &["request", "return", &id]).ok();
     sb.run("alice", &["request", "withdraw", &id]).ok();
     assert_eq!(
         sb.run("rita", &["review", &id, "output/table.csv", "--approve"])
@@ -505,7 +521,7 @@ fn a_publish_that_fails_mid_upload_resumes_where_it_stopped() {
     assert_eq!(r.error_kinds(), vec!["upload_failed"]);
     let req = sb.request_json(&id);
     assert_eq!(req["state"], "approved");
-    assert_eq!(req["release"]["release_id"], "rel-1");
+    assert_eq!(req["release"]["release_id"], req["airlock_id"]);
     assert_eq!(
         req["files"]["output/figure.svg"]["upload"]["status"],
         "uploaded"
@@ -632,6 +648,18 @@ fn two_reviewers_voting_at_once_both_count() {
         assert!(ca.wait_with_output().unwrap().status.success());
         assert!(cb.wait_with_output().unwrap().status.success());
     }
+    // And both submit their reviews at once: the second makes it reviewed.
+    let mut a = sb.cmd();
+    a.env("SUDO_USER", "rita")
+        .env("SUDO_UID", "2002")
+        .args(["request", "submit-review", &id]);
+    let mut b = sb.cmd();
+    b.env("SUDO_USER", "victor")
+        .env("SUDO_UID", "2003")
+        .args(["request", "submit-review", &id]);
+    let (ca, cb) = (a.spawn().unwrap(), b.spawn().unwrap());
+    assert!(ca.wait_with_output().unwrap().status.success());
+    assert!(cb.wait_with_output().unwrap().status.success());
     let req = sb.request_json(&id);
     assert_eq!(
         req["files"]["output/table.csv"]["reviews"]
@@ -724,7 +752,7 @@ fn disclosure_checks_find_small_counts_patient_ids_long_tables_and_bad_types() {
     })
     .map(|p| format!("/{p}"))
     .collect();
-    let mut a = vec!["check"];
+    let mut a = vec!["disclosure"];
     a.extend(args.iter().map(String::as_str));
     let r = sb.run("alice", &a);
     r.ok();
@@ -750,21 +778,25 @@ fn disclosure_checks_find_small_counts_patient_ids_long_tables_and_bad_types() {
         0
     );
     // Outside the workspaces: refused.
-    let r = sb.run("alice", &["check", "/etc/shadow"]);
+    let r = sb.run("alice", &["disclosure", "/etc/shadow"]);
     assert_eq!(r.code, 1);
 
+    // A type outside the level-4 list is not only a finding: it cannot be added.
+    let r = sb.run("alice", &["request", "create", "ws1"]);
+    let pkl_id = r.summary()["id"].as_str().unwrap().to_string();
+    let pkl = sb.run("alice", &["request", "add", &pkl_id, "output/model.pkl"]);
+    assert_eq!(pkl.code, 1);
+    assert_eq!(pkl.error_kinds(), vec!["not_releasable"]);
+    sb.run("alice", &["request", "withdraw", &pkl_id]).ok();
+
     // Findings travel with the request to the reviewers, and do not block.
-    let id = sb.submitted("ws1", &["output/small.csv", "output/model.pkl"]);
+    let id = sb.submitted("ws1", &["output/small.csv"]);
     let shown = sb.run("rita", &["show", &id]);
     shown.ok();
     let req = &shown.of_type("request")[0];
     assert_eq!(
         req["files"]["output/small.csv"]["findings"][0]["check"],
         "low_count"
-    );
-    assert_eq!(
-        req["files"]["output/model.pkl"]["findings"][0]["check"],
-        "type_not_allowed"
     );
     assert!(req["files"]["output/small.csv"]["copy"]
         .as_str()
@@ -814,8 +846,9 @@ fn sync_level4_copies_released_files_and_deletes_only_when_asked() {
     );
     assert!(dest.join("ws1/output/figure.svg").exists());
     // Unreleased requests are not pushed.
-    let other = sb.submitted("ws1", &["output/table.csv"]);
-    let _ = other;
+    sb.outputs("ws1", &[("output/new.csv", b"a,b\n1000,2000\n")]);
+    let other = sb.submitted("ws1", &["output/new.csv"]);
+    assert_eq!(sb.request_json(&other)["state"], "submitted");
     assert!(sb.audit().iter().any(|e| e["action"] == "sync_copy"));
 }
 
@@ -857,6 +890,42 @@ fn apply_creates_the_state_directories_and_pins_the_host_config() {
     c.arg("plan");
     let r = Run_of(&mut c);
     assert_eq!(r.summary()["changed"], 0, "{:?}", r.records);
+}
+
+#[test]
+fn apply_with_a_plan_given_back_applies_only_what_is_still_needed() {
+    let sb = Sandbox::new();
+    let mut c = sb.cmd();
+    c.arg("plan");
+    let plan = c.output().unwrap();
+    assert!(plan.status.success());
+    let text = String::from_utf8(plan.stdout).unwrap();
+    // Keep only the request store from the plan.
+    let only_store: String = text
+        .lines()
+        .filter(|l| l.contains("\"type\":\"dir\"") && l.contains("/requests"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(only_store.lines().count(), 1, "{text}");
+    let plan_file = sb.dir.path().join("plan.jsonl");
+    std::fs::write(&plan_file, &only_store).unwrap();
+    let mut c = sb.cmd();
+    c.args(["apply", "--plan", plan_file.to_str().unwrap()]);
+    let r = Run_of(&mut c);
+    r.ok();
+    assert_eq!(r.summary()["changed"], 1, "{:?}", r.records);
+    assert!(sb.medium().join("requests").is_dir());
+    assert!(
+        !sb.root.join("etc/bs/release.toml").exists(),
+        "not in the plan given"
+    );
+    // Given back again, the same change is no longer needed: skipped, nothing done.
+    let mut c = sb.cmd();
+    c.args(["apply", "--plan", plan_file.to_str().unwrap()]);
+    let r = Run_of(&mut c);
+    r.ok();
+    assert_eq!(r.summary()["changed"], 0);
+    assert_eq!(r.of_type("skipped").len(), 1);
 }
 
 /// A checkout of its own holding the layers the loader reads, so the test

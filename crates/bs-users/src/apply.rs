@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 
-use bs_core::accounts::{AccountDb, NewUser};
+use bs_core::accounts::{AccountDb, NewUser, PwLock};
 use bs_core::cmd::{Cmd, Runner};
 use bs_core::plan::Change;
 use bs_core::safefs::{self, FileSpec};
@@ -27,6 +27,7 @@ pub fn apply(
     run: &Run,
     mut db: AccountDb,
     mut ledger: Ledger,
+    pw: Option<PwLock>,
     planned: &Planned,
     changes: &[UserChange],
     out: &mut Output,
@@ -81,7 +82,8 @@ pub fn apply(
                 done_db.push(change);
             }
             UserChange::CreateUser { target, login } => {
-                let Some(id) = db.free_id(cfg.min_uid, ID_MAX) else {
+                let range = run.uid_range;
+                let Some(id) = db.free_id(range.min, range.max.saturating_add(1)) else {
                     out.error("no_free_uid", target, "no free uid left");
                     failed.insert(target.clone());
                     continue;
@@ -183,7 +185,11 @@ pub fn apply(
     // The ledger first: after a crash between the two, the next run still
     // knows these accounts are bs's own (and not someone else's to adopt).
     ledger.save(run.root)?;
-    match db.save() {
+    let saved = db.save();
+    // The account files are written: `useradd` and `passwd` may go on
+    // while we make homes and keys.
+    drop(pw);
+    match saved {
         Ok(_) => {
             for change in done_db {
                 out.item(change.record_type(), true, change);
@@ -400,6 +406,7 @@ fn finish_state(
     _out: &mut Output,
 ) -> Result<(), UsersError> {
     ledger.save(run.root)?;
+    let previous = Snapshot::load(run.root)?.unwrap_or_default();
     let cfg = &run.config.users;
     let snapshot = Snapshot {
         fetch_keys: cfg.fetch_keys,
@@ -409,7 +416,8 @@ fn finish_state(
         authorized_keys: Some(cfg.authorized_keys),
         central_keys_dir: cfg.central_keys_dir.clone(),
         http: Some(run.config.http.clone()),
-        users: crate::snapshot_users(run, db, ledger),
+        guard: Some(cfg.guard.clone()),
+        users: crate::snapshot_users(run, db, ledger, &previous.users),
     };
     snapshot.save(run.root)?;
     Ok(())

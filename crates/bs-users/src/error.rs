@@ -18,6 +18,23 @@ pub enum UsersError {
     },
     #[error("{0}")]
     Refused(String),
+    /// The mass-change guard: nothing was changed.
+    #[error("{0}")]
+    MassChange(String),
+}
+
+/// Input echoed in a message, cut to a readable prefix: a 50 MB list line
+/// must not become a 50 MB error record (issue 12, item 10).
+pub fn shown(input: &str) -> String {
+    const MAX: usize = 64;
+    if input.len() <= MAX {
+        return format!("{input:?}");
+    }
+    let mut end = MAX;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}... ({} bytes)", &input[..end], input.len())
 }
 
 impl Report for UsersError {
@@ -26,6 +43,7 @@ impl Report for UsersError {
             UsersError::Core(e) => e.exit(),
             UsersError::List { .. } => Exit::Usage,
             UsersError::Refused(_) => Exit::Failed,
+            UsersError::MassChange(_) => Exit::Usage,
         }
     }
 
@@ -34,6 +52,7 @@ impl Report for UsersError {
             UsersError::Core(e) => e.kind(),
             UsersError::List { .. } => "list",
             UsersError::Refused(_) => "refused",
+            UsersError::MassChange(_) => "mass_change",
         }
     }
 
@@ -41,7 +60,7 @@ impl Report for UsersError {
         match self {
             UsersError::Core(e) => e.target(),
             UsersError::List { file, line, .. } => format!("{}:{line}", file.display()),
-            UsersError::Refused(_) => String::new(),
+            UsersError::Refused(_) | UsersError::MassChange(_) => String::new(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod error;
 pub mod fetch;
 pub mod files;
+pub mod guard;
 pub mod keys;
 pub mod keyset;
 pub mod people;
@@ -18,12 +19,12 @@ pub mod planner;
 pub mod refresh;
 pub mod state;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use bs_core::accounts::{AccountDb, PwLock};
+use bs_core::accounts::{self, AccountDb, PwLock, UidRange};
 use bs_core::cli::Global;
 use bs_core::cmd::SystemRunner;
 use bs_core::config::Config;
@@ -31,6 +32,7 @@ use bs_core::http::Http;
 use bs_core::plan::{still_needed, Change, Mode, PlanInput};
 use bs_core::{CoreError, Output, Root};
 
+use crate::cli::UsersArgs;
 use crate::error::UsersError;
 use crate::fetch::{Fetched, Fetcher};
 use crate::files::{KeyHome, Placement};
@@ -47,6 +49,13 @@ pub struct Run<'a> {
     pub people: BTreeMap<String, Person>,
     /// keys/<login> text per login, where the file exists.
     pub repo_keys: BTreeMap<String, String>,
+    /// keys/<login> files that could not be read (a symlink, a FIFO, too
+    /// big), by login: an error of that person alone.
+    pub repo_key_errors: BTreeMap<String, String>,
+    /// People's uids: login.defs' UID_MIN..=UID_MAX of this root.
+    pub uid_range: UidRange,
+    /// Existing accounts the operator said bs may take over.
+    pub adopt: BTreeSet<String>,
     /// Fetch outcome per login (empty when fetching is off).
     pub fetched: BTreeMap<String, Fetched>,
     pub placement: Placement,
@@ -56,12 +65,15 @@ pub struct Run<'a> {
 impl<'a> Run<'a> {
     pub fn prepare(root: &'a Root, config: &'a Config) -> Result<Run<'a>, UsersError> {
         let people = people::load(&config.repo, &config.users)?;
-        let repo_keys = read_repo_keys(config, people.values())?;
+        let (repo_keys, repo_key_errors) = read_repo_keys(config, people.values())?;
         Ok(Run {
             root,
             config,
             people,
             repo_keys,
+            repo_key_errors,
+            uid_range: accounts::people_uid_range(root)?,
+            adopt: config.users.adopt.iter().cloned().collect(),
             fetched: BTreeMap::new(),
             placement: Placement {
                 mode: config.users.authorized_keys,
@@ -89,30 +101,40 @@ impl<'a> Run<'a> {
     }
 }
 
-/// The repository's keys/<login> files. A symlink there is refused: the
-/// checkout is trusted, but not to point us at other files.
+type RepoKeys = (BTreeMap<String, String>, BTreeMap<String, String>);
+
+/// The repository's keys/<login> files, and the ones refused. A symlink
+/// there is refused: the checkout is trusted, but not to point us at other
+/// files. A refused file is that person's error alone (issue 12, item 8).
 fn read_repo_keys<'p>(
     config: &Config,
     people: impl Iterator<Item = &'p Person>,
-) -> Result<BTreeMap<String, String>, UsersError> {
+) -> Result<RepoKeys, UsersError> {
     let dir = config.repo_path(&config.users.keys_dir);
     let mut out = BTreeMap::new();
+    let mut refused = BTreeMap::new();
     let dirfd = match bs_core::safefs::DirFd::open(&dir) {
         Ok(d) => d,
         Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(out)
+            return Ok((out, refused))
         }
         Err(e) => return Err(e.into()),
     };
     for p in people {
-        if let Some((bytes, _)) = dirfd.read_file(std::ffi::OsStr::new(&p.login), 1024 * 1024)? {
-            out.insert(
-                p.login.clone(),
-                String::from_utf8_lossy(&bytes).into_owned(),
-            );
+        match dirfd.read_file(std::ffi::OsStr::new(&p.login), 1024 * 1024) {
+            Ok(Some((bytes, _))) => {
+                out.insert(
+                    p.login.clone(),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                refused.insert(p.login.clone(), e.to_string());
+            }
         }
     }
-    Ok(out)
+    Ok((out, refused))
 }
 
 /// `plan`, `check` and `apply [--plan FILE|-]`.
@@ -121,11 +143,13 @@ pub fn converge(
     root: &Root,
     mode: Mode,
     plan_input: Option<PlanInput>,
+    args: &UsersArgs,
     out: &mut Output,
 ) -> Result<Map<String, Value>, UsersError> {
     out.set_mode(mode);
     let config = global.config(root)?;
     let mut run = Run::prepare(root, &config)?;
+    run.adopt.extend(args.adopt.iter().cloned());
     // A plan given back is read before anything is locked or changed, so a
     // bad one is a usage error with nothing touched.
     let given = match &plan_input {
@@ -137,16 +161,49 @@ pub fn converge(
     } else {
         None
     };
-    let _pw = if mode.mutates() {
+    // The network first: the account lock is held only while the account
+    // files are read and written, never while a key server stalls, or
+    // `useradd` and `passwd` beside us give up (issue 12, item 9).
+    run.fetch()?;
+    let pw = if mode.mutates() {
         Some(PwLock::acquire(root, PWLOCK_TIMEOUT)?)
     } else {
         None
     };
-    run.fetch()?;
-    let db = AccountDb::load(root)?;
+    if pw.is_none() && root.join(accounts::JOURNAL).exists() {
+        // plan/check: a killed run's transaction is pending until the next apply.
+        out.item(
+            "account_file",
+            true,
+            &json!({"action": "recover", "target": accounts::JOURNAL}),
+        );
+    }
+    if let Some(held) = &pw {
+        for recovered in accounts::recover(root, held)? {
+            out.item(
+                "account_file",
+                recovered.outcome != accounts::Outcome::ChangedSince,
+                &json!({"action": "recover", "target": recovered.path, "outcome": recovered.outcome}),
+            );
+        }
+    }
+    let mut db = AccountDb::load(root)?;
     let ledger = Ledger::load(root)?;
+    let sa_name = &config.service_account.name;
+    for repair in db.repair(&|u| &u.name == sa_name || ledger.users.contains_key(&u.name)) {
+        out.item(
+            "account_file",
+            true,
+            &json!({"action": "repair", "target": repair.name, "file": repair.file,
+                    "problem": repair.problem, "fix": repair.fix}),
+        );
+    }
     let planned = planner::plan(&run, &db, &ledger, out)?;
     if mode != Mode::Apply {
+        if let Some(tripped) = guard::check(&run, &db, &ledger, &planned, &planned.changes) {
+            let message = format!("apply would stop: {}", guard::message(&tripped));
+            out.emit("note", &json!({"target": "guard", "message": message}));
+        }
         for change in &planned.changes {
             out.item(change.record_type(), true, change);
         }
@@ -167,7 +224,13 @@ pub fn converge(
         }
         None => planned.changes.clone(),
     };
-    apply::apply(&run, db, ledger, &planned, &changes, out)?;
+    // Judged on what will be applied: a plan given back may hold less.
+    if let Some(tripped) = guard::check(&run, &db, &ledger, &planned, &changes) {
+        if !args.allow_mass_change {
+            return Err(UsersError::MassChange(guard::message(&tripped)));
+        }
+    }
+    apply::apply(&run, db, ledger, pw, &planned, &changes, out)?;
     planned.report_unchanged(out);
     Ok(summary_extra(&run))
 }
@@ -259,7 +322,8 @@ pub fn disable(
         )));
     }
     let _lock = global.lock(root)?;
-    let _pw = PwLock::acquire(root, PWLOCK_TIMEOUT)?;
+    let pw = PwLock::acquire(root, PWLOCK_TIMEOUT)?;
+    accounts::recover(root, &pw)?;
     let db = AccountDb::load(root)?;
     let ledger = Ledger::load(root)?;
     if !ledger.users.contains_key(&name) {
@@ -282,25 +346,45 @@ pub fn disable(
             &json!({"action": "none", "target": name, "login": login, "state": "disabled"}),
         );
     }
-    apply::apply(&run, db, ledger, &planned, &mine, out)?;
+    apply::apply(&run, db, ledger, Some(pw), &planned, &mine, out)?;
     Ok(Map::new())
 }
 
-/// The snapshot `keys refresh` works from: every active managed user.
-pub fn snapshot_users(run: &Run, db: &AccountDb, ledger: &Ledger) -> Vec<SnapshotUser> {
+/// The snapshot `keys refresh` works from: every active managed user. A
+/// person whose keys/<login> could not be read keeps the repository keys
+/// of the previous snapshot, so the refresh does not drop them either.
+pub fn snapshot_users(
+    run: &Run,
+    db: &AccountDb,
+    ledger: &Ledger,
+    previous: &[SnapshotUser],
+) -> Vec<SnapshotUser> {
     ledger
         .users
         .iter()
         .filter(|(_, e)| !e.disabled)
         .filter_map(|(name, e)| {
             let u = db.user(name)?;
+            // Never keys for a system account an old version took over.
+            if name == &run.config.service_account.name || !run.uid_range.contains(u.uid) {
+                return None;
+            }
+            let repo_keys = if run.repo_key_errors.contains_key(&e.login) {
+                previous
+                    .iter()
+                    .find(|p| p.login == e.login)
+                    .map(|p| p.repo_keys.clone())
+                    .unwrap_or_default()
+            } else {
+                run.repo_keys.get(&e.login).cloned().unwrap_or_default()
+            };
             Some(SnapshotUser {
                 name: name.clone(),
                 login: e.login.clone(),
                 uid: u.uid,
                 gid: u.gid,
                 home: u.home.clone(),
-                repo_keys: run.repo_keys.get(&e.login).cloned().unwrap_or_default(),
+                repo_keys,
             })
         })
         .collect()

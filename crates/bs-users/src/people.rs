@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use bs_core::config::{valid_unix_name, UsersConfig};
 
-use crate::error::UsersError;
+use crate::error::{shown, UsersError};
 
 /// A person who should have an active account.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,7 +45,8 @@ pub fn load(repo: &Path, users: &UsersConfig) -> Result<BTreeMap<String, Person>
             };
             if !valid_github_login(login) {
                 return Err(err(format!(
-                    "{login:?} is not a GitHub login (letters, digits and single hyphens, 39 at most)"
+                    "{} is not a GitHub login (letters, digits and single hyphens, 39 at most)",
+                    shown(login)
                 )));
             }
             let name = login.to_ascii_lowercase();
@@ -147,6 +148,20 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_huge_line_is_cut_to_a_readable_prefix_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = "x".repeat(5_000_000) + " y";
+        std::fs::write(dir.path().join("developers"), format!("alice\n{line}\n")).unwrap();
+        let c = config(&[("developers", "developers", &["developers"])]);
+        let msg = load(dir.path(), &c).unwrap_err().to_string();
+        assert!(msg.len() < 300, "{} bytes", msg.len());
+        assert!(
+            msg.contains("xxxxxxxx") && msg.contains("5000002 bytes"),
+            "{msg}"
+        );
     }
 
     #[test]

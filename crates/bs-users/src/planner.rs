@@ -13,6 +13,7 @@ use bs_core::Output;
 use crate::changes::UserChange;
 use crate::error::UsersError;
 use crate::files::{self, KeyHome};
+use crate::keys;
 use crate::keyset::{self, Resolved};
 use crate::state::{self, Ledger};
 use crate::Run;
@@ -25,6 +26,10 @@ pub struct Planned {
     pub files: BTreeMap<String, String>,
     /// Items that need nothing, for the unchanged records.
     unchanged: Vec<(&'static str, String)>,
+    /// Active people who hold fetched keys now, and those of them this run
+    /// would leave with none (for the mass-change guard).
+    pub fetched_holders: usize,
+    pub fetched_dropped: Vec<String>,
 }
 
 impl Planned {
@@ -47,7 +52,11 @@ pub fn plan(
         keys: BTreeMap::new(),
         files: BTreeMap::new(),
         unchanged: Vec::new(),
+        fetched_holders: 0,
+        fetched_dropped: Vec::new(),
     };
+    let range = run.uid_range;
+    let sa_name = &run.config.service_account.name;
 
     // Groups. A pinned gid held by another group is an error, never a
     // silent renumbering: files on disk carry gids, not names.
@@ -98,13 +107,25 @@ pub fn plan(
         let name = &person.name;
         let account = db.user(name);
         let mut touched = false;
+        // System accounts are never people (issue 12, item 1): a list line
+        // naming one must not give it sudo, keys or a home, nor disable it
+        // when the line goes.
+        if name == sa_name {
+            out.error(
+                "service_account",
+                name,
+                &format!("{name} is the service account, not a person; remove it from the list"),
+            );
+            handled.insert(name.clone());
+            continue;
+        }
         match account {
-            Some(u) if u.uid < cfg.min_uid => {
+            Some(u) if !range.contains(u.uid) => {
                 out.error(
                     "system_account",
                     name,
                     &format!(
-                        "{name} is a system account (uid {}); bs never touches it",
+                        "{name} is a system account (uid {}, outside the people's range {range} of login.defs); bs never touches it",
                         u.uid
                     ),
                 );
@@ -112,13 +133,27 @@ pub fn plan(
                 continue;
             }
             Some(u) => match ledger.users.get(name) {
-                None => {
+                None if run.adopt.contains(name) => {
                     touched = true;
                     p.changes.push(UserChange::AdoptUser {
                         target: name.clone(),
                         login: person.login.clone(),
                         uid: u.uid,
                     });
+                }
+                None => {
+                    out.error(
+                        "not_managed",
+                        name,
+                        &format!(
+                            "an account {name} (uid {}) exists that bs did not create; refusing to take it over. \
+                             If it is this person's (a host migrated from backend-server), adopt it with \
+                             `bs-users apply --adopt {name}` or `[users] adopt`",
+                            u.uid
+                        ),
+                    );
+                    handled.insert(name.clone());
+                    continue;
                 }
                 Some(e) if e.disabled => {
                     touched = true;
@@ -181,7 +216,22 @@ pub fn plan(
             });
         }
 
-        // Keys.
+        // Keys. An unreadable keys/<login> is this person's error alone:
+        // their installed keys stay as they are.
+        if let Some(why) = run.repo_key_errors.get(&person.login) {
+            out.error(
+                "keys_file_refused",
+                name,
+                &format!(
+                    "keys/{}: {why}; their installed keys are left as they are",
+                    person.login
+                ),
+            );
+            if !touched {
+                p.unchanged.push(("user", name.clone()));
+            }
+            continue;
+        }
         let last_good = state::last_good(run.root, &person.login)?;
         let resolved = keyset::resolve(
             &person.login,
@@ -210,6 +260,20 @@ pub fn plan(
             }
             None => None,
         };
+        let had_fetched = current
+            .as_deref()
+            .map(|c| {
+                keys::read_installed(c)
+                    .iter()
+                    .any(|k| is_fetched(&k.source))
+            })
+            .unwrap_or(false);
+        if had_fetched {
+            p.fetched_holders += 1;
+            if !resolved.keys.iter().any(|k| is_fetched(&k.source)) {
+                p.fetched_dropped.push(name.clone());
+            }
+        }
         if current.as_deref() != Some(content.as_str()) {
             touched = true;
             let (added, removed) = resolved.diff(current.as_deref());
@@ -239,6 +303,19 @@ pub fn plan(
             );
             continue;
         };
+        // Taken over before bs refused system accounts: never disabled.
+        if name == sa_name || !range.contains(u.uid) {
+            out.error(
+                "system_account",
+                name,
+                &format!(
+                    "{name} (uid {}) is in bs's ledger but is the service account or outside the people's range {range}; \
+                     not disabling it. Remove it from /var/lib/bs/users/ledger.json",
+                    u.uid
+                ),
+            );
+            continue;
+        }
         let mut touched = false;
         if !entry.disabled || !is_locked_out(db, name, &cfg.disabled_shell.to_string_lossy()) {
             touched = true;
@@ -280,6 +357,11 @@ pub fn plan(
 
     plan_files(run, &mut p)?;
     Ok(p)
+}
+
+/// A key fetched from the key server, not one from keys/<login>.
+fn is_fetched(source: &str) -> bool {
+    !source.starts_with("keys/")
 }
 
 /// Locked, expired and without a login shell: what disabling leaves.

@@ -16,13 +16,14 @@ use bs_core::{CoreError, Output, Root};
 use crate::error::UsersError;
 use crate::fetch::Fetcher;
 use crate::files::{KeyHome, Placement};
-use crate::keyset;
 use crate::state::{self, RefreshResult, Snapshot};
+use crate::{guard, keys, keyset};
 
 pub fn run(
     global: &Global,
     root: &Root,
     random_delay: u64,
+    allow_mass_change: bool,
     out: &mut Output,
 ) -> Result<Map<String, Value>, UsersError> {
     out.set_mode(Mode::Apply);
@@ -57,6 +58,11 @@ pub fn run(
     };
     let mut results = state::load_refresh(root)?;
     let mut failed = 0u64;
+    // First what every user would get, then the mass-change check, then
+    // the writes: an empty answer for everyone must stop before anyone's
+    // keys go (issue 12, item 7).
+    let mut planned = Vec::new();
+    let (mut holders, mut dropped) = (0usize, Vec::new());
     for user in &snapshot.users {
         let last_good = state::last_good(root, &user.login)?;
         let resolved = keyset::resolve(
@@ -65,6 +71,37 @@ pub fn run(
             fetched.get(&user.login),
             last_good.as_deref(),
         );
+        let home = KeyHome {
+            name: &user.name,
+            uid: user.uid,
+            gid: user.gid,
+            home: &user.home,
+        };
+        let current = placement.read(root, &home);
+        if let Ok(Some(c)) = &current {
+            let fetched_source = |s: &str| !s.starts_with("keys/");
+            if keys::read_installed(c)
+                .iter()
+                .any(|k| fetched_source(&k.source))
+            {
+                holders += 1;
+                if !resolved.keys.iter().any(|k| fetched_source(&k.source)) {
+                    dropped.push(user.name.clone());
+                }
+            }
+        }
+        planned.push((user, resolved, current));
+    }
+    let guard = snapshot.guard.clone().unwrap_or_default();
+    if let Some(why) = guard::key_drops(dropped.len(), holders, &guard) {
+        if !allow_mass_change {
+            return Err(UsersError::MassChange(guard::message(&format!(
+                "mass change: {why} ({})",
+                guard::names(&dropped.iter().map(String::as_str).collect::<Vec<_>>())
+            ))));
+        }
+    }
+    for (user, resolved, current) in planned {
         for bad in &resolved.bad {
             out.error(
                 "bad_key_line",
@@ -92,7 +129,7 @@ pub fn run(
             gid: user.gid,
             home: &user.home,
         };
-        let current = match placement.read(root, &home) {
+        let current = match current {
             Ok(c) => c,
             Err(e) => {
                 out.error("keys_refused", &user.name, &e.to_string());

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use bs_core::config::{AuthorizedKeysMode, HttpSettings};
+use bs_core::config::{AuthorizedKeysMode, GuardConfig, HttpSettings};
 use bs_core::safefs::{self, FileSpec};
 use bs_core::{CoreError, Root};
 
@@ -47,6 +47,9 @@ pub struct Snapshot {
     pub authorized_keys: Option<AuthorizedKeysMode>,
     pub central_keys_dir: PathBuf,
     pub http: Option<HttpSettings>,
+    /// The mass-change limits, for the refresh's key-drop check.
+    #[serde(default)]
+    pub guard: Option<GuardConfig>,
     pub users: Vec<SnapshotUser>,
 }
 

@@ -211,8 +211,14 @@ fn a_system_account_and_a_taken_gid_are_error_records_and_nothing_is_renumbered(
 }
 
 #[test]
-fn an_existing_regular_account_is_adopted_and_reported() {
+fn an_existing_regular_account_is_adopted_when_named_in_the_config_and_reported() {
     let env = dev_env();
+    std::fs::create_dir_all(env.path("/etc/bs")).unwrap();
+    std::fs::write(
+        env.path("/etc/bs/local.toml"),
+        "[users]\nadopt = [\"bob\"]\n",
+    )
+    .unwrap();
     let pw = env.read("/etc/passwd") + "bob:x:2000:2000:Bob:/home/bob:/bin/zsh\n";
     std::fs::write(env.path("/etc/passwd"), pw).unwrap();
     let sh = env.read("/etc/shadow") + "bob:$6$hash:19000:0:99999:7:::\n";
@@ -370,7 +376,9 @@ fn an_empty_answer_means_no_github_keys_and_the_disappearance_is_reported() {
     server.set("alice", Answer::Keys(format!("{k}\n")));
     assert_eq!(env.run(&["apply"]).code, 0);
     server.set("alice", Answer::Keys(String::new()));
-    let run = env.run(&["apply"]);
+    // alice is everyone holding fetched keys here: the guard wants a human.
+    assert_eq!(env.run(&["apply"]).code, 2);
+    let run = env.run(&["apply", "--allow-mass-change"]);
     assert_eq!(run.code, 0, "{}", run.dump());
     let rec = run.find("keys", "write_keys", "alice").unwrap();
     assert_eq!(rec["removed"][0], fingerprint(&k));

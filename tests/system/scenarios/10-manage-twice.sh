@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `just manage test` twice on a fresh Debian: the first run converges the host (every tool's
 # summary ok, something changed, and the accounts, keys and files are really there), the second
-# changes nothing (every tool's summary says changed 0), and `just check-backend test` then finds
+# changes nothing (every tool's summary says changed 0), pwck -r and grpck -r find the account
+# files clean, and `just check-backend test` then finds
 # no drift. Whatever tools the backend chains, each must print JSON Lines ending in its summary.
 set -euo pipefail
 # shellcheck source=tests/system/lib.sh
@@ -52,6 +53,10 @@ assert_contains "$(st_exec sshd -T)" "authorizedkeysfile /etc/ssh/authorized_key
     "sshd reads the root-owned keys files"
 assert_success "the cron entry for the key refresh is installed" \
     st_exec test -s /etc/cron.d/bs-users-keys
+assert_success "pwck -r finds nothing wrong in the account files" st_exec pwck -q -r
+assert_success "grpck -r finds nothing wrong in the group files" st_exec grpck -r
+assert_failure "no account-file transaction is left open" \
+    st_exec test -e /etc/.bs-accounts.journal
 
 st_step "second run: changes nothing"
 st_tool sh -c 'cd /opt/bs && exec just manage test'

@@ -39,7 +39,7 @@ pub use perms::{
 pub use release::ReleaseConfig;
 pub use snapshot::{Snapshot, SnapshotFile, SNAPSHOT_DIR};
 pub use users::{
-    valid_unix_name, AuthorizedKeysMode, GroupSpec, ListSpec, RefreshMode, UsersConfig,
+    valid_unix_name, AuthorizedKeysMode, GroupSpec, GuardConfig, ListSpec, RefreshMode, UsersConfig,
 };
 
 use crate::error::{CoreError, Result};

@@ -45,6 +45,10 @@ pub struct ReleaseConfig {
     /// both the CPUs and the disk's queue busy. 0 = 16, or two per CPU where
     /// that is more.
     pub copy_threads: usize,
+    /// Post request status changes to `{server}/airlock/events/`, as Airlock
+    /// does, so job-server can notify people (best effort: a failed post is
+    /// reported, never fatal).
+    pub events: bool,
 }
 
 impl Default for ReleaseConfig {
@@ -70,6 +74,7 @@ impl Default for ReleaseConfig {
             upload_timeout_secs: 300,
             hash_threads: 0,
             copy_threads: 0,
+            events: false,
         }
     }
 }

@@ -212,3 +212,20 @@ fn every_server_url_must_be_http_or_https_with_a_host() {
         }
     }
 }
+
+#[test]
+fn the_mass_change_guard_and_adopt_list_are_checked() {
+    let repo = Repo::new("[users.groups.researchers]\n[users.guard]\nmax_disable_share = 0.5\n");
+    let c = repo.load().unwrap();
+    assert_eq!(c.users.guard.max_disable_share, 0.5);
+    assert_eq!(
+        c.users.guard.max_key_drop_share, 0.25,
+        "defaults fill the rest"
+    );
+    repo.local("[users.guard]\nmax_key_drop_share = 2.0\n");
+    let err = repo.load().unwrap_err().to_string();
+    assert!(err.contains("users.guard.max_key_drop_share"), "{err}");
+    repo.local("[users]\nadopt = [\"Bob\"]\n");
+    let err = repo.load().unwrap_err().to_string();
+    assert!(err.contains("users.adopt"), "{err}");
+}

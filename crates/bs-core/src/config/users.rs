@@ -34,9 +34,40 @@ pub struct UsersConfig {
     pub shell: PathBuf,
     pub disabled_shell: PathBuf,
     pub home_base: PathBuf,
-    /// The lowest uid bs will create, adopt or touch. Accounts below it are
-    /// system accounts and are never changed.
-    pub min_uid: u32,
+    /// Existing accounts bs did not create that it may take over, by Unix
+    /// name (hosts migrating from the bash backend-server). Only within the
+    /// people's uid range of login.defs, never the service account; any
+    /// other existing account on a list is refused.
+    pub adopt: Vec<String>,
+    /// Limits on what one run may do without a human's `--allow-mass-change`.
+    pub guard: GuardConfig,
+}
+
+/// A run past one of these stops with exit 2 before changing anything: a
+/// truncated list or a key server answering empty for everyone must not
+/// lock the platform team out (issue 12, items 6 and 7).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardConfig {
+    /// Disabling more than this share of the active managed people (and
+    /// more than one) at once.
+    pub max_disable_share: f64,
+    /// Dropping every fetched key of more than this share of the users
+    /// holding fetched keys (and more than one) at once.
+    pub max_key_drop_share: f64,
+    /// Groups that grant sudo: a run that would leave one of them without
+    /// members (that had some) stops.
+    pub sudo_groups: Vec<String>,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            max_disable_share: 0.25,
+            max_key_drop_share: 0.25,
+            sudo_groups: vec!["sudo".into()],
+        }
+    }
 }
 
 impl Default for UsersConfig {
@@ -55,7 +86,8 @@ impl Default for UsersConfig {
             shell: PathBuf::from("/bin/bash"),
             disabled_shell: PathBuf::from("/usr/sbin/nologin"),
             home_base: PathBuf::from("/home"),
-            min_uid: 1000,
+            adopt: Vec::new(),
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -116,6 +148,27 @@ impl UsersConfig {
                 "users.key_source",
                 "fetch_keys is on, so key_source must be an http(s) URL",
             ));
+        }
+        for (key, share) in [
+            (
+                "users.guard.max_disable_share",
+                self.guard.max_disable_share,
+            ),
+            (
+                "users.guard.max_key_drop_share",
+                self.guard.max_key_drop_share,
+            ),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(layers.error(key, "must be a share between 0.0 and 1.0"));
+            }
+        }
+        for name in &self.adopt {
+            if !valid_unix_name(name) {
+                return Err(
+                    layers.error("users.adopt", format!("{name:?} is not a Unix user name"))
+                );
+            }
         }
         if self.fetch_concurrency == 0 {
             return Err(layers.error("users.fetch_concurrency", "must be at least 1"));

@@ -26,7 +26,17 @@ pub const PEOPLE: &[(&str, u32, &[&str])] = &[
     ("victor", 2003, &["reviewers"]),
     ("dev", 2004, &["developers", "researchers", "reviewers"]),
     ("eve", 2005, &[]),
+    // A GitHub login with capitals: its Unix name is lower case.
+    ("testcapitals", 2006, &["reviewers"]),
 ];
+
+/// The GitHub login bs-users writes in the GECOS field (`GitHub <login>`).
+pub fn github_login(name: &str) -> &str {
+    match name {
+        "testcapitals" => "TestCapitals",
+        other => other,
+    }
+}
 
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -52,7 +62,10 @@ impl Sandbox {
         group.push_str("opensafely:x:10000:\n");
         let mut members: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (name, uid, groups) in PEOPLE {
-            passwd.push_str(&format!("{name}:x:{uid}:{uid}::/home/{name}:/bin/bash\n"));
+            let gecos = format!("GitHub {}", github_login(name));
+            passwd.push_str(&format!(
+                "{name}:x:{uid}:{uid}:{gecos}:/home/{name}:/bin/bash\n"
+            ));
             group.push_str(&format!("{name}:x:{uid}:\n"));
             for g in *groups {
                 members.entry(g).or_default().push(name);
@@ -108,10 +121,13 @@ impl Sandbox {
             let p = dir.join(path);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(&p, bytes).unwrap();
+            // job-runner's get_output_metadata (agent/executors/local.py).
             manifest["outputs"][*path] = json!({
-                "level": "moderately_sensitive", "job_id": "job-1", "action": "generate",
-                "commit": "abc123", "size": bytes.len(), "timestamp": 1795334400.0,
-                "sha256": sha256(bytes), "excluded": false, "message": null,
+                "level": "moderately_sensitive", "job_id": "job-1", "job_request": "rap-1",
+                "action": "generate", "user": "alice",
+                "repo": "https://github.com/opensafely/study", "commit": "abc123",
+                "size": bytes.len(), "timestamp": 1795334400.0,
+                "content_hash": sha256(bytes), "excluded": false, "message": null,
                 "row_count": null, "col_count": null,
             });
         }
@@ -122,7 +138,7 @@ impl Sandbox {
         let p = self.ws(ws).join("metadata/manifest.json");
         match std::fs::read(&p) {
             Ok(b) => serde_json::from_slice(&b).unwrap(),
-            Err(_) => json!({"workspace": ws, "outputs": {}}),
+            Err(_) => json!({"workspace": ws, "repo": null, "outputs": {}}),
         }
     }
 
@@ -185,20 +201,45 @@ impl Sandbox {
         let mut args = vec!["request", "add", id.as_str()];
         args.extend_from_slice(paths);
         self.run("alice", &args).ok();
+        self.describe("alice", &id, "default");
         self.run("alice", &["request", "submit", &id]).ok();
         id
     }
 
-    /// Submitted, two approvals on every file, approved.
+    /// `author` gives group `group` of request `id` its context and controls.
+    pub fn describe(&self, author: &str, id: &str, group: &str) {
+        self.run(
+            author,
+            &[
+                "request",
+                "group",
+                id,
+                group,
+                "--context",
+                "counts by group for table 1",
+                "--controls",
+                "counts under 8 suppressed, rounded to 5",
+            ],
+        )
+        .ok();
+    }
+
+    /// Submitted, two submitted reviews approving every file, approved.
     pub fn approved(&self, ws: &str, paths: &[&str]) -> String {
         let id = self.submitted(ws, paths);
         for reviewer in ["rita", "victor"] {
-            for p in paths {
-                self.run(reviewer, &["review", &id, p, "--approve"]).ok();
-            }
+            self.review_all(reviewer, &id, paths, "--approve");
         }
         self.run("rita", &["request", "approve", &id]).ok();
         id
+    }
+
+    /// `reviewer` votes `flag` on every path, then submits their review.
+    pub fn review_all(&self, reviewer: &str, id: &str, paths: &[&str], flag: &str) {
+        for p in paths {
+            self.run(reviewer, &["review", id, p, flag]).ok();
+        }
+        self.run(reviewer, &["request", "submit-review", id]).ok();
     }
 }
 
@@ -258,6 +299,7 @@ pub struct Seen {
     pub url: String,
     pub headers: BTreeMap<String, String>,
     pub body: Vec<u8>,
+    pub status: u16,
 }
 
 /// What the fake server does; tests change it between runs.
@@ -269,8 +311,20 @@ pub struct Behaviour {
     pub stall: Option<Duration>,
     /// Answer uploads of these file names with 500, this many times each.
     pub fail_upload: BTreeMap<String, u32>,
-    /// Answer uploads of these file names with 400 "already uploaded".
+    /// Answer uploads of these file names as job-server does a file it has.
     pub already: Vec<String>,
+    /// Stall the create's answer past the client's timeout this many times,
+    /// after making the release (a create whose answer was lost).
+    pub lose_create_answers: u32,
+}
+
+/// A release as job-server keeps it: workspace, requested files (name ->
+/// sha256) and the ones uploaded.
+#[derive(Clone, Debug, Default)]
+pub struct FakeRelease {
+    pub workspace: String,
+    pub files: BTreeMap<String, String>,
+    pub uploaded: BTreeMap<String, Vec<u8>>,
 }
 
 pub struct FakeServer {
@@ -278,16 +332,159 @@ pub struct FakeServer {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub behaviour: Arc<Mutex<Behaviour>>,
     pub uploads: Arc<Mutex<BTreeMap<String, Vec<u8>>>>,
+    pub releases: Arc<Mutex<BTreeMap<String, FakeRelease>>>,
+    pub events: Arc<Mutex<Vec<Value>>>,
+}
+
+/// job-server's users, by username, case-sensitive (User.objects.get(username=...)).
+pub const SERVER_USERS: &[&str] = &["rita", "victor", "dev", "TestCapitals", "alice"];
+pub const MAX_FILE: u64 = 16 * 1024 * 1024;
+
+/// DRF's answer for a missing field, and the other field errors.
+fn required(errors: &mut serde_json::Map<String, Value>, at: &str) {
+    errors.insert(at.into(), json!(["This field is required."]));
+}
+
+/// A date DRF's DateTimeField parses (ISO 8601).
+fn is_datetime(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 16
+        && b[..4].iter().all(u8::is_ascii_digit)
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && (b[10] == b'T' || b[10] == b' ')
+        && b[13] == b':'
+}
+
+/// job-server's ReleaseSerializer / FileSerializer / ReviewSerializer
+/// (jobserver/api/releases.py): required fields, their types, the size limit.
+pub fn validate_release_body(body: &Value) -> Result<(), Value> {
+    let mut errors = serde_json::Map::new();
+    let Some(top) = body.as_object() else {
+        return Err(json!({"non_field_errors": ["Invalid data. Expected a dictionary."]}));
+    };
+    match top.get("metadata") {
+        None => required(&mut errors, "metadata"),
+        Some(Value::Object(_)) => {}
+        Some(_) => {
+            errors.insert(
+                "metadata".into(),
+                json!(["Expected a dictionary of items."]),
+            );
+        }
+    }
+    match top.get("review") {
+        None => required(&mut errors, "review"),
+        Some(Value::Null | Value::Object(_)) => {}
+        Some(_) => {
+            errors.insert("review".into(), json!(["Expected a dictionary of items."]));
+        }
+    }
+    match top.get("files") {
+        None => required(&mut errors, "files"),
+        Some(Value::Array(files)) => {
+            for (i, f) in files.iter().enumerate() {
+                let mut fe = serde_json::Map::new();
+                let Some(f) = f.as_object() else {
+                    errors.insert(format!("files[{i}]"), json!(["Expected a dictionary."]));
+                    continue;
+                };
+                for key in ["name", "url", "sha256"] {
+                    match f.get(key) {
+                        None => required(&mut fe, key),
+                        Some(Value::String(s)) if !s.is_empty() => {}
+                        Some(_) => {
+                            fe.insert(key.into(), json!(["Not a valid string."]));
+                        }
+                    }
+                }
+                match f.get("size") {
+                    None => required(&mut fe, "size"),
+                    Some(v) if v.is_u64() => {
+                        if v.as_u64().unwrap() > MAX_FILE {
+                            fe.insert("size".into(), json!(["File size should be <16Mb."]));
+                        }
+                    }
+                    Some(_) => {
+                        fe.insert("size".into(), json!(["A valid integer is required."]));
+                    }
+                }
+                match f.get("date") {
+                    None => required(&mut fe, "date"),
+                    Some(Value::String(d)) if is_datetime(d) => {}
+                    Some(_) => {
+                        fe.insert("date".into(), json!(["Datetime has wrong format."]));
+                    }
+                }
+                match f.get("metadata") {
+                    None => required(&mut fe, "metadata"),
+                    Some(Value::Object(_)) => {}
+                    Some(_) => {
+                        fe.insert(
+                            "metadata".into(),
+                            json!(["Expected a dictionary of items."]),
+                        );
+                    }
+                }
+                match f.get("review") {
+                    None => required(&mut fe, "review"),
+                    Some(Value::Null) => {}
+                    Some(Value::Object(r)) => {
+                        let ok_status = matches!(
+                            r.get("status").and_then(Value::as_str),
+                            Some("APPROVED" | "REJECTED")
+                        );
+                        if !ok_status || !r.get("comments").is_some_and(Value::is_object) {
+                            fe.insert("review".into(), json!(["Invalid review."]));
+                        }
+                    }
+                    Some(_) => {
+                        fe.insert("review".into(), json!(["Invalid review."]));
+                    }
+                }
+                if !fe.is_empty() {
+                    errors.insert(format!("files[{i}]"), Value::Object(fe));
+                }
+            }
+        }
+        Some(_) => {
+            errors.insert("files".into(), json!(["Expected a list of items."]));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Value::Object(errors))
+    }
+}
+
+/// The file name of a `Content-Disposition: attachment; filename="..."` header.
+fn disposition_name(headers: &BTreeMap<String, String>) -> Option<String> {
+    headers
+        .get("content-disposition")
+        .and_then(|d| d.split("filename=\"").nth(1))
+        .map(|s| s.trim_end_matches('"').to_string())
 }
 
 impl FakeServer {
     pub fn start() -> FakeServer {
         let server = tiny_http::Server::http("127.0.0.1:0").unwrap();
         let url = format!("http://{}", server.server_addr().to_ip().unwrap());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let behaviour = Arc::new(Mutex::new(Behaviour::default()));
-        let uploads = Arc::new(Mutex::new(BTreeMap::new()));
-        let (s2, b2, u2) = (seen.clone(), behaviour.clone(), uploads.clone());
+        let fake = FakeServer {
+            url,
+            seen: Arc::default(),
+            behaviour: Arc::default(),
+            uploads: Arc::default(),
+            releases: Arc::default(),
+            events: Arc::default(),
+        };
+        let (seen, behaviour, uploads, releases, events) = (
+            fake.seen.clone(),
+            fake.behaviour.clone(),
+            fake.uploads.clone(),
+            fake.releases.clone(),
+            fake.events.clone(),
+        );
         std::thread::spawn(move || {
             let mut next_id = 0u32;
             for mut req in server.incoming_requests() {
@@ -304,79 +501,173 @@ impl FakeServer {
                     })
                     .collect();
                 let url = req.url().to_string();
-                s2.lock().unwrap().push(Seen {
-                    method: req.method().to_string(),
-                    url: url.clone(),
-                    headers: headers.clone(),
-                    body: body.clone(),
-                });
-                let b = b2.lock().unwrap().clone();
+                let method = req.method().to_string();
+                let b = behaviour.lock().unwrap().clone();
                 if let Some(d) = b.stall {
                     std::thread::sleep(d);
                 }
-                let respond = |req: tiny_http::Request,
-                               code: u16,
-                               text: &str,
-                               extra: Option<(&str, String)>| {
-                    let mut r = tiny_http::Response::from_string(text).with_status_code(code);
-                    if let Some((k, v)) = extra {
-                        r = r.with_header(
-                            tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap(),
+                let mut release_header = None;
+                let (status, text): (u16, String) = (|| {
+                    if headers.get("authorization").map(String::as_str) != Some("sekrit-token-123")
+                    {
+                        return (403, json!({"detail": "Invalid token"}).to_string());
+                    }
+                    let user = headers.get("os-user").map(|u| u.trim()).unwrap_or("");
+                    if !SERVER_USERS.contains(&user) {
+                        return (
+                            403,
+                            json!({"detail": "Authentication credentials were not provided."})
+                                .to_string(),
                         );
                     }
-                    let _ = req.respond(r);
-                };
-                if headers.get("authorization").map(String::as_str) != Some("sekrit-token-123") {
-                    respond(req, 403, "bad token", None);
-                    continue;
-                }
-                if url.starts_with("/releases/workspace/") {
-                    let parsed: Result<Value, _> = serde_json::from_slice(&body);
-                    if parsed.is_err() {
-                        respond(req, 400, "bad json", None);
-                    } else if b.no_release_id {
-                        respond(req, 201, "{}", None);
-                    } else {
-                        next_id += 1;
-                        respond(req, 201, "", Some(("Release-Id", format!("rel-{next_id}"))));
+                    if method != "POST" {
+                        return (405, String::new());
                     }
-                } else if url.starts_with("/releases/release/") {
-                    let name = headers
-                        .get("content-disposition")
-                        .and_then(|d| d.split("filename=\"").nth(1))
-                        .map(|s| s.trim_end_matches('"').to_string())
-                        .unwrap_or_default();
-                    if b.already.contains(&name) {
-                        respond(
-                            req,
-                            400,
-                            "{\"detail\": \"This file has already been uploaded\"}",
-                            None,
-                        );
-                        continue;
+                    if url == "/airlock/events/" {
+                        match serde_json::from_slice::<Value>(&body) {
+                            Ok(v) => {
+                                events.lock().unwrap().push(v);
+                                return (201, json!({"status": "ok"}).to_string());
+                            }
+                            Err(_) => return (400, "bad json".into()),
+                        }
                     }
-                    let fails = b.fail_upload.get(&name).copied().unwrap_or(0);
-                    if fails > 0 {
-                        b2.lock()
+                    if let Some(ws) = url.strip_prefix("/releases/workspace/") {
+                        let parsed: Value = match serde_json::from_slice(&body) {
+                            Ok(v) => v,
+                            Err(_) => {
+                                return (400, json!({"detail": "JSON parse error"}).to_string())
+                            }
+                        };
+                        if let Err(errors) = validate_release_body(&parsed) {
+                            return (400, errors.to_string());
+                        }
+                        let files: BTreeMap<String, String> = parsed["files"]
+                            .as_array()
                             .unwrap()
-                            .fail_upload
-                            .insert(name.clone(), fails - 1);
-                        respond(req, 500, "upstream broke", None);
-                        continue;
+                            .iter()
+                            .map(|f| {
+                                (
+                                    f["name"].as_str().unwrap().to_string(),
+                                    f["sha256"].as_str().unwrap().to_string(),
+                                )
+                            })
+                            .collect();
+                        let airlock_id = parsed["metadata"]
+                            .get("airlock_id")
+                            .and_then(Value::as_str)
+                            .map(str::to_string);
+                        let mut rel = releases.lock().unwrap();
+                        let id = match airlock_id {
+                            Some(a) if a.len() > 26 => {
+                                return (
+                                    500,
+                                    "value too long for type character varying(26)".into(),
+                                )
+                            }
+                            Some(a) => {
+                                if let Some(existing) = rel.get(&a) {
+                                    if existing.workspace != ws {
+                                        return (500, "IntegrityError".into());
+                                    }
+                                    let want: std::collections::BTreeSet<_> =
+                                        files.values().collect();
+                                    let have: std::collections::BTreeSet<_> =
+                                        existing.files.values().collect();
+                                    if want != have {
+                                        return (500, "ReleaseFilesMismatch".into());
+                                    }
+                                }
+                                a
+                            }
+                            None => {
+                                next_id += 1;
+                                format!("rel-{next_id}")
+                            }
+                        };
+                        rel.entry(id.clone()).or_insert_with(|| FakeRelease {
+                            workspace: ws.to_string(),
+                            files,
+                            uploaded: BTreeMap::new(),
+                        });
+                        drop(rel);
+                        if b.lose_create_answers > 0 {
+                            behaviour.lock().unwrap().lose_create_answers -= 1;
+                            std::thread::sleep(Duration::from_secs(7));
+                        }
+                        if b.no_release_id {
+                            return (201, "{}".into());
+                        }
+                        release_header = Some(id.clone());
+                        return (
+                            201,
+                            json!({"release_id": id, "release_url": format!("/r/{id}")})
+                                .to_string(),
+                        );
                     }
-                    u2.lock().unwrap().insert(name, body);
-                    respond(req, 201, "", None);
-                } else {
-                    respond(req, 404, "no", None);
+                    if let Some(id) = url.strip_prefix("/releases/release/") {
+                        let mut rel = releases.lock().unwrap();
+                        let Some(release) = rel.get_mut(id) else {
+                            return (404, json!({"detail": "Not found."}).to_string());
+                        };
+                        if body.len() as u64 > MAX_FILE {
+                            return (400, json!(["File is too large"]).to_string());
+                        }
+                        let Some(name) = disposition_name(&headers) else {
+                            return (400, json!({"detail": "No data uploaded"}).to_string());
+                        };
+                        if body.is_empty() {
+                            return (400, json!({"detail": "No data uploaded"}).to_string());
+                        }
+                        let Some(sha) = release.files.get(&name).cloned() else {
+                            return (
+                                400,
+                                json!({"detail": format!("File {name} not requested in release {id}")})
+                                    .to_string(),
+                            );
+                        };
+                        let already = json!({"detail": format!(
+                            "This version of '{name}' has already been uploaded from backend 'test'"
+                        )})
+                        .to_string();
+                        if b.already.contains(&name) || release.uploaded.contains_key(&name) {
+                            return (400, already);
+                        }
+                        let fails = b.fail_upload.get(&name).copied().unwrap_or(0);
+                        if fails > 0 {
+                            behaviour
+                                .lock()
+                                .unwrap()
+                                .fail_upload
+                                .insert(name.clone(), fails - 1);
+                            return (500, "upstream broke".into());
+                        }
+                        if sha256(&body) != sha {
+                            return (400, json!({"detail": "Contents of uploaded file does not match the file which a review was requested for"}).to_string());
+                        }
+                        release.uploaded.insert(name.clone(), body.clone());
+                        uploads.lock().unwrap().insert(name, body.clone());
+                        return (201, String::new());
+                    }
+                    (404, "no".into())
+                })();
+                seen.lock().unwrap().push(Seen {
+                    method,
+                    url,
+                    headers,
+                    body,
+                    status,
+                });
+                let mut r = tiny_http::Response::from_string(text).with_status_code(status);
+                if let Some(id) = release_header {
+                    r = r.with_header(
+                        tiny_http::Header::from_bytes(&b"Release-Id"[..], id.as_bytes()).unwrap(),
+                    );
                 }
+                let _ = req.respond(r);
             }
         });
-        FakeServer {
-            url,
-            seen,
-            behaviour,
-            uploads,
-        }
+        fake
     }
 
     pub fn set(&self, f: impl FnOnce(&mut Behaviour)) {
@@ -392,5 +683,9 @@ impl FakeServer {
             .iter()
             .filter(|s| s.url.starts_with("/releases/workspace/"))
             .count()
+    }
+
+    pub fn release_count(&self) -> usize {
+        self.releases.lock().unwrap().len()
     }
 }
