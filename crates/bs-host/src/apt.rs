@@ -36,9 +36,7 @@ pub fn apt_get(ctx: &RunCtx<'_>, args: &[&str]) -> Cmd {
 }
 
 pub fn apt_mark(args: &[&str]) -> Cmd {
-    Cmd::new("apt-mark")
-        .args(args.iter().copied())
-        .host()
+    Cmd::new("apt-mark").args(args.iter().copied()).host()
 }
 
 /// The end of a command's output, for its record.
@@ -145,6 +143,11 @@ mod tests {
             failure_kind(&ran("E: Package 'x' has no installation candidate")),
             "package_not_found"
         );
-        assert_eq!(failure_kind(&ran("E: Sub-process /usr/bin/dpkg returned an error code (1)")), "apt_failed");
+        assert_eq!(
+            failure_kind(&ran(
+                "E: Sub-process /usr/bin/dpkg returned an error code (1)"
+            )),
+            "apt_failed"
+        );
     }
 }

@@ -69,7 +69,9 @@ pub fn edit(current: &str, block: &str) -> Result<String, String> {
         .iter()
         .position(|l| l.trim_end_matches('\n') == END)
         .map(|i| begin + i)
-        .ok_or_else(|| format!("the line {BEGIN:?} has no {END:?} after it: fix the file by hand"))?;
+        .ok_or_else(|| {
+            format!("the line {BEGIN:?} has no {END:?} after it: fix the file by hand")
+        })?;
     let mut out: String = lines[..begin].concat();
     out.push_str(block);
     out.push_str(&lines[end + 1..].concat());
@@ -87,7 +89,10 @@ pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {
     for (path, kind) in targets {
         let target = path.display().to_string();
         let (current, mode) = match files::read_existing(&ctx.root.join(path)) {
-            Ok(Some((bytes, st))) => (String::from_utf8_lossy(&bytes).into_owned(), st.st_mode & 0o7777),
+            Ok(Some((bytes, st))) => (
+                String::from_utf8_lossy(&bytes).into_owned(),
+                st.st_mode & 0o7777,
+            ),
             Ok(None) => (String::new(), 0o644),
             Err(e) => {
                 out.error(e.kind(), &target, &e.to_string());
@@ -144,7 +149,10 @@ mod tests {
         let again = edit(&with_local, &changed).unwrap();
         assert!(again.contains("10.0.0.9\trelease.example.org\n"));
         assert!(!again.contains("db.example.org"));
-        assert!(again.ends_with("192.168.1.1 printer\n"), "lines after the block stay");
+        assert!(
+            again.ends_with("192.168.1.1 printer\n"),
+            "lines after the block stay"
+        );
         assert!(again.starts_with(original), "lines before the block stay");
     }
 

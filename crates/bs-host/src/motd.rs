@@ -117,9 +117,16 @@ mod tests {
     #[test]
     fn the_banner_names_the_backend_and_cannot_run_its_text() {
         let s = banner_script("\nThis is the {BACKEND} backend\nIt's $(reboot)\n", "tpp");
-        assert!(s.contains("printf '%s\\n' 'This is the TPP backend'\n"), "{s}");
+        assert!(
+            s.contains("printf '%s\\n' 'This is the TPP backend'\n"),
+            "{s}"
+        );
         assert!(s.contains("printf '%s\\n' 'It'\\''s $(reboot)'\n"), "{s}");
-        let out = std::process::Command::new("sh").arg("-c").arg(&s).output().unwrap();
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&s)
+            .output()
+            .unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             "This is the TPP backend\nIt's $(reboot)\n"

@@ -73,7 +73,11 @@ pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {
                 Ok(ran) => {
                     out.emit("command", &ran);
                     if !ran.success() {
-                        out.error("systemctl", unit, &format!("{}: {}", ran.argv.join(" "), ran.stderr));
+                        out.error(
+                            "systemctl",
+                            unit,
+                            &format!("{}: {}", ran.argv.join(" "), ran.stderr),
+                        );
                     }
                 }
                 Err(e) => out.error(e.kind(), unit, &e.to_string()),

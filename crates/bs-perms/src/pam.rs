@@ -106,11 +106,7 @@ pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {
         };
         if prerequisites(ctx, out, &w, &[]) {
             let file = ManagedFile {
-                target: pam
-                    .profile_dir
-                    .join(UMASK_PROFILE)
-                    .display()
-                    .to_string(),
+                target: pam.profile_dir.join(UMASK_PROFILE).display().to_string(),
                 contents: umask_profile(backend).into_bytes(),
                 spec: FileSpec::root(0o644),
                 kind: "pam_profile",
@@ -203,8 +199,14 @@ fn prerequisites(
     }
 }
 
-fn read_stack(ctx: &RunCtx<'_>, stack: &str) -> String {
-    std::fs::read_to_string(ctx.root.join(stack)).unwrap_or_default()
+/// A stack file's text; `None` only under a sandbox root without it (on the
+/// live host a missing stack reads as empty: every wanted module is missing).
+fn read_stack(ctx: &RunCtx<'_>, stack: &str) -> Option<String> {
+    match std::fs::read_to_string(ctx.root.join(stack)) {
+        Ok(text) => Some(text),
+        Err(_) if !ctx.root.is_live() => None,
+        Err(_) => Some(String::new()),
+    }
 }
 
 /// Each wanted module in its stack, through `pam-auth-update --enable`.
@@ -217,7 +219,15 @@ fn converge_stacks(
 ) {
     let mut enable: Vec<&Wanted> = Vec::new();
     for w in wanted {
-        let present = stack_has(&read_stack(ctx, w.stack), w.kind, w.module);
+        let Some(stack) = read_stack(ctx, w.stack) else {
+            // A sandbox root without PAM: there is no stack to plan for.
+            out.emit(
+                "note",
+                &json!({"target": w.stack, "message": "no such PAM stack under this root: not planned"}),
+            );
+            continue;
+        };
+        let present = stack_has(&stack, w.kind, w.module);
         // A changed profile (new module options) needs pam-auth-update too.
         let needed = !present || (profile_changed && w.profile == UMASK_PROFILE);
         let change = PermsChange::PamEnable {
@@ -245,7 +255,12 @@ fn converge_stacks(
     }
     let profiles: Vec<&str> = enable.iter().map(|w| w.profile).collect();
     let cmd = Cmd::new("env")
-        .args(["DEBIAN_FRONTEND=noninteractive", "pam-auth-update", "--package", "--enable"])
+        .args([
+            "DEBIAN_FRONTEND=noninteractive",
+            "pam-auth-update",
+            "--package",
+            "--enable",
+        ])
         .args(profiles.iter().copied())
         .host();
     match ctx.runner.run(&cmd) {
@@ -269,7 +284,11 @@ fn converge_stacks(
         }
     }
     for w in enable {
-        if !stack_has(&read_stack(ctx, w.stack), w.kind, w.module) {
+        if !stack_has(
+            &read_stack(ctx, w.stack).unwrap_or_default(),
+            w.kind,
+            w.module,
+        ) {
             out.error(
                 "pam_stack",
                 &change_target(w),

@@ -63,9 +63,7 @@ impl Default for HostConfig {
             hold: Vec::new(),
             engine_package: "docker.io".into(),
             apt_lock_timeout_secs: 120,
-            unattended_upgrades_conf: PathBuf::from(
-                "/etc/apt/apt.conf.d/51bs-unattended-upgrades",
-            ),
+            unattended_upgrades_conf: PathBuf::from("/etc/apt/apt.conf.d/51bs-unattended-upgrades"),
             hosts: Vec::new(),
             backend_hosts: Vec::new(),
             hosts_file: PathBuf::from("/etc/hosts"),
@@ -156,7 +154,10 @@ impl HostConfig {
                 ));
             }
         }
-        for (key, list) in [("hosts", &self.hosts), ("backend_hosts", &self.backend_hosts)] {
+        for (key, list) in [
+            ("hosts", &self.hosts),
+            ("backend_hosts", &self.backend_hosts),
+        ] {
             for line in list {
                 parse_hosts_line(line).map_err(|e| layers.error(&format!("host.{key}"), e))?;
             }

@@ -90,9 +90,7 @@ impl PamSettings {
                 return Err(layers.error(&dotted, "not a pwquality.conf setting"));
             };
             let ok = match (kind, value) {
-                (&"number", PwqualityValue::Number(_)) | (&"flag", PwqualityValue::Flag(_)) => {
-                    true
-                }
+                (&"number", PwqualityValue::Number(_)) | (&"flag", PwqualityValue::Flag(_)) => true,
                 (&"text", PwqualityValue::Text(t)) => {
                     !t.is_empty() && !t.contains(['\n', '#', '='])
                 }
