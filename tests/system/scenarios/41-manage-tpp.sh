@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `just manage tpp`, typed as an operator types it (root, in /opt/bs), on a Debian container: the
-# whole tpp chain (bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release) with the tpp policy,
+# whole tpp chain (bs-host bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release) with the tpp policy,
 # and only what a container lacks stood in for by a host-local /etc/bs/local.toml:
+# - bs-host installs no packages (the container has no apt sources; 15-host proves the installs
+#   from a local repository), so pam_pwquality, whose package that would bring, is off too.
 # - bs-users fetches keys from a fake key server on 127.0.0.1 (the real contract, GET
 #   <key_source>/<login>.keys), for the test backend's people: tpp's `developers` list is empty.
 #   refresh stays "systemd": with no systemd as the init, the units are written, not enabled.
@@ -21,11 +23,11 @@ set -euo pipefail
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-st_require_bins bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release just
+st_require_bins bs-host bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release just
 ST_DUMP_FILES="/var/log/bs-svc.log /var/log/fake-keys.log /etc/bs/local.toml
     /etc/chrony/conf.d/bs-hyperv-ptp.conf"
 
-tools=(bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release)
+tools=(bs-host bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release)
 jobs_net=jobs-db
 port=8765
 served=/srv/fake-keys
@@ -63,6 +65,12 @@ gh_pub=$(st_exec awk '{ print $1, $2 }' "$gh_key.pub")
 local_toml() {
     {
         cat <<EOF
+[host]
+packages = []
+
+[perms.pam]
+pwquality = false
+
 [users]
 key_source = "http://127.0.0.1:$port"
 
