@@ -22,7 +22,9 @@ ST_DUMP_FILES="/etc/bs/local.toml /etc/pam.d/common-session /etc/pam.d/common-pa
 
 # --- the local apt repository, made on this machine -----------------------------------------------
 real_debs=(libpam-pwquality libpwquality1 libpwquality-common libcrack2 cracklib-runtime file
-    libmagic1 libmagic-mgc)
+    libmagic1 libmagic-mgc
+    unattended-upgrades python3-apt python-apt-common distro-info-data python3-dbus
+    python3-distro-info lsb-release xz-utils libdbus-1-3 libglib2.0-0)
 cache=${BS_SYSTEST_DEB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bs-systest-debs}
 mkdir -p "$cache"
 for p in "${real_debs[@]}"; do
@@ -52,7 +54,15 @@ mkdeb() {
 for p in bs-test-engine bs-test-tool bs-test-unwanted; do mkdeb "$p" 1.0 "$repo"; done
 for p in bs-test-engine bs-test-tool; do mkdeb "$p" 2.0 "$v2"; done
 rm -rf "$repo/build"
-index() { (cd "$repo" && dpkg-scanpackages --multiversion . /dev/null 2>/dev/null >Packages); }
+# index: Packages, and a Release naming the origin unattended-upgrades is allowed to take from
+# (trusted=yes in the source line: no signature, but apt checks the hash).
+index() {
+    (
+        cd "$repo" && dpkg-scanpackages --multiversion . /dev/null 2>/dev/null >Packages &&
+            printf 'Origin: bs-test\nLabel: bs-test\nSuite: bs-test\nCodename: bs-test\nDate: %s\nSHA256:\n %s %s Packages\n' \
+                "$(date -Ru)" "$(sha256sum Packages | cut -d' ' -f1)" "$(stat -c %s Packages)" >Release
+    )
+}
 index
 
 st_exec sh -c 'mkdir -p /srv/apt'
@@ -72,7 +82,7 @@ st_sh 'mkdir -p /lib/systemd/system /etc/systemd/system/multi-user.target.wants 
 local_toml() { # $1: extra packages
     st_sh "mkdir -p /etc/bs && cat >/etc/bs/local.toml" <<TOML
 [host]
-packages = ["openssh-server", "libpam-pwquality", "cracklib-runtime", "bs-test-tool"$1]
+packages = ["openssh-server", "libpam-pwquality", "cracklib-runtime", "unattended-upgrades", "bs-test-tool"$1]
 purge = ["bs-test-unwanted"]
 hold = ["bs-test-engine"]
 engine_package = "bs-test-engine"
@@ -100,7 +110,7 @@ assert_json_eq 'select(.type == "command" and .target == "bs-test-nosuch") | .st
     "apt-get's answer is in the records"
 
 st_step "packages: installed, purged, held"
-for p in libpam-pwquality cracklib-runtime bs-test-tool; do
+for p in libpam-pwquality cracklib-runtime unattended-upgrades bs-test-tool; do
     assert_eq "install ok installed" "$(st_exec dpkg-query -W -f '${Status}' "$p")" "$p installed"
 done
 assert_failure "bs-test-unwanted is purged" st_exec dpkg-query -W -f '${Status}' bs-test-unwanted
@@ -178,7 +188,16 @@ cp "$v2"/*.deb "$repo/"
 index
 tar -C "$v2" -c . | st_exec tar -C /srv/apt -x
 docker cp "$repo/Packages" "$ST_C:/srv/apt/Packages"
-st_sh 'apt-get -q update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get -q upgrade -y >/dev/null'
+docker cp "$repo/Release" "$ST_C:/srv/apt/Release"
+st_sh 'apt-get -q update >/dev/null'
+# unattended-upgrades takes only from allowed origins: allow the local repository's.
+st_sh 'echo "Unattended-Upgrade::Origins-Pattern { \"origin=bs-test\"; };" >/etc/apt/apt.conf.d/52bs-systest-origin'
+uu=$(st_exec unattended-upgrade --dry-run --debug 2>&1)
+assert_contains "$uu" "Packages that will be upgraded: bs-test-tool"$'\n' \
+    "unattended-upgrades' dry run would upgrade the tool, and only the tool"
+assert_contains "$uu" "pkg bs-test-engine is on hold" "unattended-upgrades sees the hold"
+assert_contains "$uu" "Initial blacklist: ^bs-test-engine$" "and bs-host's blacklist"
+st_sh 'DEBIAN_FRONTEND=noninteractive apt-get -q upgrade -y >/dev/null'
 assert_eq "1.0 2.0" "$(st_exec cat /usr/share/bs-test/bs-test-engine /usr/share/bs-test/bs-test-tool | paste -sd ' ')" \
     "apt-get upgrade upgrades the tool and keeps the held engine"
 st_tool sh -c 'cd /opt/bs && BS_BACKEND=test BS_REPO=/opt/bs bs-host upgrade'

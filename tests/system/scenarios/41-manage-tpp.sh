@@ -97,7 +97,7 @@ assert_eq 1 "$ST_RC" "exit status of the first 'just manage tpp' (an item failed
 assert_json_lines "$ST_JSON" "first run: stdout"
 assert_eq "${tools[*]}" "$(ran)" "the chain ran every tool, in order"
 assert_json_eq 'select(.type == "summary") | "\(.tool) \(.ok) \(.failed)"' \
-    $'bs-users true 0\nbs-perms true 0\nbs-docker true 0\nbs-chrony false 1\nbs-jobs true 0\nbs-release true 0' \
+    $'bs-host true 0\nbs-users true 0\nbs-perms true 0\nbs-docker true 0\nbs-chrony false 1\nbs-jobs true 0\nbs-release true 0' \
     "$ST_JSON" "only bs-chrony failed an item"
 assert_json_eq '[.[] | select(.type == "error") | "\(.tool) \(.kind)"]' '["bs-chrony restart_failed"]' \
     "$(all)" "the one error is chrony's failed restart"
@@ -200,7 +200,7 @@ st_step "check-backend: exit 3 while the engine restart is owed and the stand-in
 st_tool sh -c 'cd /opt/bs && exec just check-backend tpp'
 assert_eq 3 "$ST_RC" "exit status of 'just check-backend tpp' with the refclock unfed (drift)"
 assert_json_eq 'select(.type == "summary") | "\(.tool) \(.failed) \(.changed) \(.exit)"' \
-    $'bs-users 0 0 0\nbs-perms 0 0 0\nbs-docker 0 1 3\nbs-chrony 0 0 3\nbs-jobs 0 0 0' \
+    $'bs-host 0 0 0\nbs-users 0 0 0\nbs-perms 0 0 0\nbs-docker 0 1 3\nbs-chrony 0 0 3\nbs-jobs 0 0 0' \
     "$ST_JSON" "only bs-docker and bs-chrony find something"
 assert_json_eq 'select(.type == "engine_restart") | [.needed, .changed]' '[true,true]' "$ST_JSON" \
     "bs-docker: the engine restart is owed"
