@@ -272,3 +272,22 @@ fn a_bad_package_name_is_a_config_error_and_nothing_changes() {
     assert_eq!(run.code, 2, "{:#?}", run.records);
     assert!(!sb.p("/etc/profile.d/bs-backend.sh").exists());
 }
+
+#[test]
+fn status_reports_the_configured_packages_services_and_hosts_block() {
+    let sb = Sandbox::new();
+    let run = sb.run(&["status"]);
+    assert_eq!(run.code, 0, "{:#?}", run.records);
+    let docker = run.find("package", "docker.io");
+    assert_eq!(
+        (docker["installed"].as_bool(), docker["held"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert_eq!(run.find("package", "fwupd")["installed"], false);
+    assert_eq!(run.find("service", "rsync.service")["enabled"], true);
+    assert_eq!(run.find("hosts", "/etc/hosts")["block"], false);
+    assert!(!run
+        .records
+        .iter()
+        .any(|r| r.get("changed").is_some() && r["type"] != "summary"));
+}
