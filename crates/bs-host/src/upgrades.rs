@@ -91,10 +91,14 @@ pub fn upgrade(ctx: &RunCtx<'_>, out: &mut Output, engine: bool) {
         &apt::apt_get(ctx, &["upgrade", "-y", "--no-remove"]),
         "apt-get upgrade",
     );
+    // apt's own count: "N upgraded, M newly installed, ...".
+    let upgraded = done
+        .as_ref()
+        .is_some_and(|ran| !ran.skipped && !ran.stdout.contains("0 upgraded, 0 newly installed"));
     out.item(
         "upgrade",
-        done.is_some(),
-        &json!({"action": "upgrade", "target": "packages", "held_back": host.hold}),
+        upgraded,
+        &json!({"action": "upgrade", "target": "packages", "ok": done.is_some(), "held_back": host.hold}),
     );
     let name = host.engine_package.as_str();
     if name.is_empty() {

@@ -25,7 +25,8 @@ real_debs=(libpam-pwquality libpwquality1 libpwquality-common libcrack2 cracklib
     libmagic1 libmagic-mgc
     unattended-upgrades python3-apt python-apt-common distro-info-data python3-dbus
     python3-distro-info lsb-release xz-utils libdbus-1-3 libglib2.0-0)
-cache=${BS_SYSTEST_DEB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bs-systest-debs}
+# The cache is a fixed path so 90-readme can hand it to the nested run (which has no network).
+cache=${BS_SYSTEST_DEB_CACHE:-/var/cache/bs-systest/debs}
 mkdir -p "$cache"
 for p in "${real_debs[@]}"; do
     if ! compgen -G "$cache/${p}_*.deb" >/dev/null; then
