@@ -5,8 +5,9 @@
 # here with dpkg-deb (an "engine" to hold, a tool to upgrade, one to purge).
 # Proves: a real SSH login shell (and su -) has umask 0027 and its files are not readable by
 # others; chpasswd and passwd refuse weak passwords and take a strong one; a package apt cannot
-# find fails its item while the others converge; the held engine stays held through
-# `apt-get upgrade` and `bs-host upgrade`, and moves only with `upgrade --engine`; the hosts block
+# find, or a dpkg lock another process keeps, fails its item while the others converge; the held
+# engine stays held through `apt-get upgrade`, unattended-upgrades' dry run and `bs-host upgrade`,
+# and moves only with `upgrade --engine`, refused while a job container runs; the hosts block
 # (also in cloud-init's template), motd banner, silenced script, disabled unit and BACKEND are as
 # configured; removing pam_umask from the stack is drift that apply repairs; a second run changes
 # nothing.
@@ -52,7 +53,7 @@ mkdeb() {
     echo "$2" >"$d/usr/share/bs-test/$1"
     dpkg-deb --root-owner-group -b "$d" "$3/${1}_${2}_all.deb" >/dev/null
 }
-for p in bs-test-engine bs-test-tool bs-test-unwanted; do mkdeb "$p" 1.0 "$repo"; done
+for p in bs-test-engine bs-test-tool bs-test-unwanted bs-test-extra; do mkdeb "$p" 1.0 "$repo"; done
 for p in bs-test-engine bs-test-tool; do mkdeb "$p" 2.0 "$v2"; done
 rm -rf "$repo/build"
 # index: Packages, and a Release naming the origin unattended-upgrades is allowed to take from
@@ -172,6 +173,27 @@ assert_json_eq 'select(.type == "summary") | "\(.tool) \(.changed)"' \
 "bs-perms 0"' "$ST_JSON" "nothing changed"
 converge --verb check bs-host bs-perms
 assert_eq 0 "$ST_RC" "check"
+
+st_step "a dpkg lock another process keeps fails the install after apt_lock_timeout_secs, clearly"
+# What apt and dpkg take: a POSIX (fcntl) lock on lock-frontend.
+st_exec_bg python3 -c 'import fcntl, os, time
+f = open("/var/lib/dpkg/lock-frontend", "w")
+fcntl.lockf(f, fcntl.LOCK_EX)
+open("/run/bs-test-locked", "w").write(str(os.getpid()))
+time.sleep(60)'
+for _ in $(seq 50); do st_exec test -s /run/bs-test-locked && break; sleep 0.1; done
+local_toml ', "bs-test-extra"'
+st_tool sh -c 'cd /opt/bs && BS_BACKEND=test BS_REPO=/opt/bs bs-host apply'
+assert_eq 1 "$ST_RC" "the item failed"
+assert_json_eq 'select(.type == "error") | "\(.kind) \(.target)"' '"dpkg_locked bs-test-extra"' "$ST_JSON" \
+    "a dpkg_locked error for the package"
+assert_contains "$(jq -r 'select(.type == "error") | .message' <<<"$ST_JSON")" \
+    "another process holds the dpkg lock" "the message says what to do"
+st_sh 'kill "$(cat /run/bs-test-locked)"'
+st_tool sh -c 'cd /opt/bs && BS_BACKEND=test BS_REPO=/opt/bs bs-host apply'
+assert_eq 0 "$ST_RC" "once the lock is released the package installs"
+assert_eq "install ok installed" "$(st_exec dpkg-query -W -f '${Status}' bs-test-extra)" "bs-test-extra"
+local_toml ''
 
 st_step "pam_umask taken out of the stack is drift, and apply puts it back"
 st_sh 'DEBIAN_FRONTEND=noninteractive pam-auth-update --package --remove bs-umask'
