@@ -97,7 +97,9 @@ pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {
     let mut wanted = Vec::new();
     let mut refresh = false;
 
-    if pam.umask {
+    if !pam.umask {
+        retire_umask_profile(ctx, out, sel, &pam.profile_dir.join(UMASK_PROFILE));
+    } else {
         let w = Wanted {
             profile: UMASK_PROFILE,
             stack: COMMON_SESSION,
@@ -298,6 +300,60 @@ fn converge_stacks(
                 ),
             );
         }
+    }
+}
+
+/// `umask = false` after it was on: take pam_umask out of the stacks
+/// (`pam-auth-update --remove`), then delete our profile.
+fn retire_umask_profile(
+    ctx: &RunCtx<'_>,
+    out: &mut Output,
+    sel: &mut Selection,
+    profile: &std::path::Path,
+) {
+    let target = profile.display().to_string();
+    if !ctx.root.join(profile).exists() {
+        return;
+    }
+    let change = PermsChange::Remove {
+        target: target.clone(),
+    };
+    let record = json!({"action": "remove", "target": target, "kind": "pam_profile"});
+    if ctx.applying() && !sel.allows(&change) {
+        return;
+    }
+    out.item("file", true, &record);
+    if !ctx.applying() {
+        return;
+    }
+    let cmd = Cmd::new("env")
+        .args([
+            "DEBIAN_FRONTEND=noninteractive",
+            "pam-auth-update",
+            "--package",
+            "--remove",
+            UMASK_PROFILE,
+        ])
+        .host();
+    match ctx.runner.run(&cmd) {
+        Ok(ran) => {
+            out.emit("command", &ran);
+            if !ran.success() && !ran.skipped {
+                out.error(
+                    "pam_auth_update",
+                    "pam-auth-update",
+                    &format!("{}: {}", ran.argv.join(" "), ran.stderr),
+                );
+                return;
+            }
+        }
+        Err(e) => {
+            out.error(e.kind(), "pam-auth-update", &e.to_string());
+            return;
+        }
+    }
+    if let Err(e) = bs_core::safefs::remove_file(&ctx.root.join(profile)) {
+        out.error(e.kind(), &target, &e.to_string());
     }
 }
 

@@ -271,3 +271,23 @@ fn pam_umask_is_planned_from_the_roots_stack_and_enabled_by_pam_auth_update() {
         check.records
     );
 }
+
+#[test]
+fn turning_pam_umask_off_takes_it_out_of_the_stack_and_removes_our_profile() {
+    let sb = Sandbox::new("[perms.pam]\nenabled = true\numask = true\n");
+    assert_eq!(sb.run(&["apply"]).code, 0);
+    let profile = sb.p("/usr/share/pam-configs/bs-umask");
+    assert!(profile.exists());
+    sb.set_local("[perms.pam]\nenabled = true\numask = false\n");
+    let check = sb.run(&["check"]);
+    assert_eq!(check.code, 3, "{:#?}", check.records);
+    let apply = sb.run(&["apply"]);
+    assert_eq!(apply.code, 0, "{:#?}", apply.records);
+    assert!(!profile.exists());
+    let removed = apply
+        .of_type("command")
+        .into_iter()
+        .any(|c| c["argv"].to_string().contains("\"--remove\",\"bs-umask\""));
+    assert!(removed, "{:#?}", apply.records);
+    assert_eq!(sb.run(&["check"]).code, 0);
+}
