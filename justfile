@@ -17,6 +17,10 @@ manage backend:
 check-backend backend:
     just --justfile backends/{{backend}}/justfile check
 
+# Which backend this host is (BACKEND, which bs-host gives every login shell).
+whereami:
+    just --justfile backends/${BACKEND:?BACKEND is not set: run just manage BACKEND first}/justfile whereami
+
 # Build the release binaries of every tool.
 build:
     cargo build --release --locked --workspace

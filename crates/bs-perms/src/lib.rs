@@ -3,7 +3,8 @@
 //!
 //! One module a concern: [`acl`] (the xattr codec), [`walk`] (the fd-based
 //! parallel walker), [`trees`] (config -> policy -> records), [`sudoers`],
-//! [`login`] (sshd drop-in, login.defs, TMOUT, banner), [`files`] (managed
+//! [`login`] (sshd drop-in, login.defs, TMOUT, banner), [`pam`] (pam_umask and
+//! pam_pwquality through pam-auth-update profiles), [`files`] (managed
 //! whole files with validation before they go live).
 
 pub mod acl;
@@ -11,6 +12,7 @@ pub mod cli;
 mod error;
 pub mod files;
 pub mod login;
+pub mod pam;
 pub mod sudoers;
 pub mod trees;
 pub mod walk;
@@ -40,6 +42,9 @@ pub enum PermsChange {
     Write { target: String, sha256: String },
     /// A file bs installed that the config no longer names.
     Remove { target: String },
+    /// A PAM module put into its stack by `pam-auth-update --enable PROFILE`
+    /// (the `pam` record; target `STACK:MODULE`).
+    PamEnable { target: String, profile: String },
 }
 
 impl Change for PermsChange {
@@ -48,6 +53,7 @@ impl Change for PermsChange {
             PermsChange::Walk { .. } => "tree",
             PermsChange::Fix { .. } | PermsChange::Create { .. } => "path",
             PermsChange::Write { .. } | PermsChange::Remove { .. } => "file",
+            PermsChange::PamEnable { .. } => "pam",
         }
     }
     fn target(&self) -> String {
@@ -56,7 +62,8 @@ impl Change for PermsChange {
             | PermsChange::Fix { target }
             | PermsChange::Create { target }
             | PermsChange::Write { target, .. }
-            | PermsChange::Remove { target } => target.clone(),
+            | PermsChange::Remove { target }
+            | PermsChange::PamEnable { target, .. } => target.clone(),
         }
     }
 }
@@ -148,6 +155,8 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>, PermsError>
     trees::run(&ctx, out, &mut selection, &mut extra);
     sudoers::run(&ctx, out, &mut selection);
     login::run(&ctx, out, &mut selection);
+    // After login.defs: pam_umask applies the UMASK written there.
+    pam::run(&ctx, out, &mut selection);
     for change in selection.stale() {
         out.emit(
             "skipped",

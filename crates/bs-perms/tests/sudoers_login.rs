@@ -228,3 +228,66 @@ fn apply_with_a_plan_writes_only_files_whose_planned_content_is_still_what_the_c
     assert_eq!(skipped.len(), 1, "{skipped:?}");
     assert_eq!(skipped[0]["target"], "/etc/sudoers.d/backup");
 }
+
+/// The PAM part under a sandbox root: profiles are written, the modules'
+/// absence is a note (nothing there goes live), the stack is planned from
+/// the root's own common-session, and pam-auth-update is skipped.
+#[test]
+fn pam_umask_is_planned_from_the_roots_stack_and_enabled_by_pam_auth_update() {
+    let sb = Sandbox::new("[perms.pam]\nenabled = true\numask = true\n");
+    std::fs::create_dir_all(sb.p("/etc/pam.d")).unwrap();
+    std::fs::write(
+        sb.p("/etc/pam.d/common-session"),
+        "session\trequired\tpam_unix.so\n",
+    )
+    .unwrap();
+    let plan = sb.run(&["plan"]);
+    let pam: Vec<_> = plan.of_type("pam");
+    assert_eq!(pam.len(), 1, "{:#?}", plan.records);
+    assert_eq!(pam[0]["target"], "/etc/pam.d/common-session:pam_umask.so");
+    assert_eq!(pam[0]["changed"], true);
+    let apply = sb.run(&["apply"]);
+    assert_eq!(apply.code, 0, "{:#?}", apply.records);
+    let profile = std::fs::read_to_string(sb.p("/usr/share/pam-configs/bs-umask")).unwrap();
+    assert!(profile.contains("pam_umask.so nousergroups"), "{profile}");
+    let ran = apply
+        .of_type("command")
+        .into_iter()
+        .find(|c| c["argv"].to_string().contains("pam-auth-update"))
+        .expect("a pam-auth-update record");
+    assert_eq!(ran["skipped"], true, "never run under a sandbox root");
+    assert!(ran["argv"].to_string().contains("bs-umask"));
+    // With the module in the stack (as pam-auth-update writes it), nothing to do.
+    std::fs::write(
+        sb.p("/etc/pam.d/common-session"),
+        "session\trequired\tpam_unix.so\nsession\toptional\t\t\tpam_umask.so nousergroups\n",
+    )
+    .unwrap();
+    let check = sb.run(&["check"]);
+    assert_eq!(
+        check.of_type("pam")[0]["changed"],
+        false,
+        "{:#?}",
+        check.records
+    );
+}
+
+#[test]
+fn turning_pam_umask_off_takes_it_out_of_the_stack_and_removes_our_profile() {
+    let sb = Sandbox::new("[perms.pam]\nenabled = true\numask = true\n");
+    assert_eq!(sb.run(&["apply"]).code, 0);
+    let profile = sb.p("/usr/share/pam-configs/bs-umask");
+    assert!(profile.exists());
+    sb.set_local("[perms.pam]\nenabled = true\numask = false\n");
+    let check = sb.run(&["check"]);
+    assert_eq!(check.code, 3, "{:#?}", check.records);
+    let apply = sb.run(&["apply"]);
+    assert_eq!(apply.code, 0, "{:#?}", apply.records);
+    assert!(!profile.exists());
+    let removed = apply
+        .of_type("command")
+        .into_iter()
+        .any(|c| c["argv"].to_string().contains("\"--remove\",\"bs-umask\""));
+    assert!(removed, "{:#?}", apply.records);
+    assert_eq!(sb.run(&["check"]).code, 0);
+}

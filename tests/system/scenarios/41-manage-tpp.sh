@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `just manage tpp`, typed as an operator types it (root, in /opt/bs), on a Debian container: the
-# whole tpp chain (bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release) with the tpp policy,
+# whole tpp chain (bs-host bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release) with the tpp policy,
 # and only what a container lacks stood in for by a host-local /etc/bs/local.toml:
+# - bs-host installs no packages (the container has no apt sources; 15-host proves the installs
+#   from a local repository), so pam_pwquality, whose package that would bring, is off too.
 # - bs-users fetches keys from a fake key server on 127.0.0.1 (the real contract, GET
 #   <key_source>/<login>.keys), for the test backend's people: tpp's `developers` list is empty.
 #   refresh stays "systemd": with no systemd as the init, the units are written, not enabled.
@@ -21,11 +23,11 @@ set -euo pipefail
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-st_require_bins bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release just
+st_require_bins bs-host bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release just
 ST_DUMP_FILES="/var/log/bs-svc.log /var/log/fake-keys.log /etc/bs/local.toml
     /etc/chrony/conf.d/bs-hyperv-ptp.conf"
 
-tools=(bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release)
+tools=(bs-host bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release)
 jobs_net=jobs-db
 port=8765
 served=/srv/fake-keys
@@ -63,6 +65,12 @@ gh_pub=$(st_exec awk '{ print $1, $2 }' "$gh_key.pub")
 local_toml() {
     {
         cat <<EOF
+[host]
+packages = []
+
+[perms.pam]
+pwquality = false
+
 [users]
 key_source = "http://127.0.0.1:$port"
 
@@ -89,7 +97,7 @@ assert_eq 1 "$ST_RC" "exit status of the first 'just manage tpp' (an item failed
 assert_json_lines "$ST_JSON" "first run: stdout"
 assert_eq "${tools[*]}" "$(ran)" "the chain ran every tool, in order"
 assert_json_eq 'select(.type == "summary") | "\(.tool) \(.ok) \(.failed)"' \
-    $'bs-users true 0\nbs-perms true 0\nbs-docker true 0\nbs-chrony false 1\nbs-jobs true 0\nbs-release true 0' \
+    $'bs-host true 0\nbs-users true 0\nbs-perms true 0\nbs-docker true 0\nbs-chrony false 1\nbs-jobs true 0\nbs-release true 0' \
     "$ST_JSON" "only bs-chrony failed an item"
 assert_json_eq '[.[] | select(.type == "error") | "\(.tool) \(.kind)"]' '["bs-chrony restart_failed"]' \
     "$(all)" "the one error is chrony's failed restart"
@@ -192,7 +200,7 @@ st_step "check-backend: exit 3 while the engine restart is owed and the stand-in
 st_tool sh -c 'cd /opt/bs && exec just check-backend tpp'
 assert_eq 3 "$ST_RC" "exit status of 'just check-backend tpp' with the refclock unfed (drift)"
 assert_json_eq 'select(.type == "summary") | "\(.tool) \(.failed) \(.changed) \(.exit)"' \
-    $'bs-users 0 0 0\nbs-perms 0 0 0\nbs-docker 0 1 3\nbs-chrony 0 0 3\nbs-jobs 0 0 0' \
+    $'bs-host 0 0 0\nbs-users 0 0 0\nbs-perms 0 0 0\nbs-docker 0 1 3\nbs-chrony 0 0 3\nbs-jobs 0 0 0' \
     "$ST_JSON" "only bs-docker and bs-chrony find something"
 assert_json_eq 'select(.type == "engine_restart") | [.needed, .changed]' '[true,true]' "$ST_JSON" \
     "bs-docker: the engine restart is owed"

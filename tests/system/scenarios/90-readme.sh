@@ -17,6 +17,9 @@
 # mount file systems (bs-perms' tests mount a tmpfs): the container has CAP_SYS_ADMIN. Neither
 # gives the tests inside more power than `just test` has when it runs on the host itself.
 #
+# 15-host's cache of Debian packages (filled by the outer run's 15-host, which runs first) is
+# mounted read-only: the nested 15-host builds its local apt repository from it.
+#
 # The engine resolves bind-mount sources on the host, so what the tests inside bind-mount must be
 # at the same path in here and out there: the clone and TMPDIR live on a Docker volume mounted in
 # the container at the very path where the host keeps it (its Mountpoint), as in 50-jobs.
@@ -48,7 +51,8 @@ st_start readme --pid host --cap-add SYS_ADMIN \
     -v /var/run/docker.sock:/var/run/docker.sock -v "$vol:$mp" \
     -v "$rustup_home:/root/.rustup:ro" \
     -v "$cargo_home/bin:/root/.cargo/bin:ro" \
-    -v "$cargo_home/registry:/mnt/host-cargo-registry:ro"
+    -v "$cargo_home/registry:/mnt/host-cargo-registry:ro" \
+    -v /var/cache/bs-systest/debs:/var/cache/bs-systest/debs:ro
 
 st_step "the machine: rustup's toolchain for root, a Docker engine, no bs tools yet"
 st_exec sh -c 'rm -f /usr/local/bin/bs-*'

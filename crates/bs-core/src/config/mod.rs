@@ -14,8 +14,10 @@
 
 mod chrony;
 mod docker;
+mod host;
 mod jobs;
 mod layers;
+mod pam;
 mod perms;
 mod release;
 pub mod snapshot;
@@ -30,8 +32,10 @@ pub use docker::{
     parse_mount, parse_port, parse_size, DockerConfig, MountEntry, NetworkSpec, PortEntry,
     ServiceSpec,
 };
+pub use host::{parse_hosts_line, valid_package_name, HostConfig};
 pub use jobs::{parse_memory, JobsConfig};
 pub use layers::Layers;
+pub use pam::{PamSettings, PwqualityValue};
 pub use perms::{
     parse_mode, split_acl_entry, valid_sudoers_name, LoginSettings, PermsConfig, SudoRule,
     SudoSettings, TreeConfig,
@@ -54,6 +58,8 @@ pub struct Config {
     pub paths: Paths,
     #[serde(default)]
     pub http: HttpSettings,
+    #[serde(default)]
+    pub host: HostConfig,
     #[serde(default)]
     pub users: UsersConfig,
     #[serde(default)]
@@ -172,6 +178,7 @@ impl Config {
 
     /// Checks serde cannot express: cross-references between sections.
     fn validate(&self, layers: &Layers) -> Result<()> {
+        self.host.validate(layers)?;
         self.users.validate(layers)?;
         self.perms.validate(layers)?;
         self.docker.validate(layers)?;

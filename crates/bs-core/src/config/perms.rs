@@ -23,6 +23,7 @@ pub struct PermsConfig {
     pub sudoers: Vec<SudoRule>,
     pub sudo: SudoSettings,
     pub login: LoginSettings,
+    pub pam: super::pam::PamSettings,
 }
 
 /// One managed directory tree.
@@ -196,6 +197,7 @@ impl PermsConfig {
         }
         self.sudo.validate(layers)?;
         self.login.validate(layers)?;
+        self.pam.validate(layers)?;
         Ok(())
     }
 }

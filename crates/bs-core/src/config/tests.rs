@@ -229,3 +229,73 @@ fn the_mass_change_guard_and_adopt_list_are_checked() {
     let err = repo.load().unwrap_err().to_string();
     assert!(err.contains("users.adopt"), "{err}");
 }
+
+#[test]
+fn host_keys_are_checked_before_anything_reaches_apt() {
+    for (toml, key) in [
+        ("[host]\npackages = [\"-oDebug=1\"]\n", "host.packages"),
+        ("[host]\npurge = [\"Apport\"]\n", "host.purge"),
+        (
+            "[host]\npackages = [\"curl\"]\npurge = [\"curl\"]\n",
+            "host.purge",
+        ),
+        (
+            "[host]\nhosts = [\"release.example.org 10.0.0.1\"]\n",
+            "host.hosts",
+        ),
+        (
+            "[host]\nbackend_hosts = [\"10.0.0.1\"]\n",
+            "host.backend_hosts",
+        ),
+        (
+            "[host]\nbackend_hosts = [\"10.0.0.1 bad_name!\"]\n",
+            "host.backend_hosts",
+        ),
+        ("[host]\nmotd_silence = [\"../x\"]\n", "host.motd_silence"),
+        (
+            "[host]\ndisable_services = [\"rsync\"]\n",
+            "host.disable_services",
+        ),
+    ] {
+        let err = Repo::new(&format!(
+            "[backend]\nname = \"t\"\n[users.groups.researchers]\n{toml}"
+        ))
+        .load()
+        .unwrap_err();
+        assert!(err.to_string().contains(key), "{toml}: {err}");
+        assert_eq!(err.exit(), crate::Exit::Usage);
+    }
+    let ok = Repo::new(
+        "[backend]\nname = \"t\"\n[users.groups.researchers]\n[host]\npackages = [\"libstdc++6\", \"docker.io\"]\nhosts = [\"::1 a.example.org b\"]\n",
+    )
+    .load()
+    .unwrap();
+    assert_eq!(ok.host.packages, vec!["libstdc++6", "docker.io"]);
+}
+
+#[test]
+fn pwquality_policy_keys_and_kinds_are_pwquality_confs() {
+    let err = Repo::new("[backend]\nname = \"t\"\n[users.groups.researchers]\n[perms.pam.pwquality_policy]\nminlenght = 14\n")
+        .load()
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("perms.pam.pwquality_policy.minlenght"),
+        "{err}"
+    );
+    let err = Repo::new("[backend]\nname = \"t\"\n[users.groups.researchers]\n[perms.pam.pwquality_policy]\nminlen = \"14\"\n")
+        .load()
+        .unwrap_err();
+    assert!(err.to_string().contains("expects a number"), "{err}");
+    let config = Repo::new(
+        "[backend]\nname = \"t\"\n[users.groups.researchers]\n[perms.pam]\npwquality = true\n[perms.pam.pwquality_policy]\nminlen = 14\nenforce_for_root = true\nlocal_users_only = false\ndictcheck = 0\n",
+    )
+    .load()
+    .unwrap();
+    let text = config.perms.pam.render_pwquality("t");
+    assert!(
+        text.ends_with("dictcheck = 0\nenforce_for_root\nminlen = 14\n"),
+        "{text}"
+    );
+    assert!(!config.perms.pam.dictcheck());
+}
