@@ -39,6 +39,10 @@ pub struct RunResult {
     pub cancelled: bool,
     /// Settings the engine did not apply (the job was not started then).
     pub refused: Option<String>,
+    /// The engine's id of the image the container ran.
+    pub image_id: Option<String>,
+    /// The container's labels (the image's, with ours on top).
+    pub labels: BTreeMap<String, String>,
 }
 
 pub trait Executor: Sync {
@@ -57,6 +61,11 @@ pub fn container_spec(req: &RunRequest<'_>) -> ContainerSpec {
     label_map.insert(labels::JOB_WORKSPACE.to_string(), job.workspace.clone());
     label_map.insert(labels::JOB_ACTION.to_string(), job.action.clone());
     label_map.insert(labels::MANAGED_BY.to_string(), "bs-jobs".to_string());
+    // job-runner's own labels, so operators' `docker ps --filter
+    // label=job-runner` (and workspace=, action=) habits keep working.
+    label_map.insert("job-runner".to_string(), String::new());
+    label_map.insert("workspace".to_string(), job.workspace.clone());
+    label_map.insert("action".to_string(), job.action.clone());
     let mut env = vec!["HOME=/tmp".to_string()];
     env.extend(job.env.iter().map(|(k, v)| format!("{k}={v}")));
     ContainerSpec {
@@ -159,6 +168,12 @@ impl Executor for DockerExecutor {
             if let Some(code) = state.exit_code {
                 result.exit_code = code;
             }
+            result.image_id = inspect.image.clone();
+            result.labels = inspect
+                .config
+                .and_then(|c| c.labels)
+                .map(|l| l.into_iter().collect())
+                .unwrap_or_default();
         }
         // The log stream ends when the container stops.
         let _ = logger.join();

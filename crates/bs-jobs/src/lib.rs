@@ -17,11 +17,13 @@ pub mod cli;
 pub mod clock;
 pub mod error;
 pub mod executor;
+pub mod faults;
 pub mod files;
 pub mod finalize;
 pub mod glob;
 pub mod poller;
 pub mod queue;
+pub mod results;
 pub mod spec;
 pub mod units;
 pub mod worker;
@@ -376,6 +378,7 @@ fn bench_launch(
         env: Default::default(),
         commit: String::new(),
         task_id: None,
+        origin: Default::default(),
     };
     let tmp = std::env::temp_dir();
     let never = || false;

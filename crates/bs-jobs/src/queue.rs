@@ -88,6 +88,28 @@ pub struct Outcome {
     #[serde(default)]
     pub outputs: Vec<String>,
     pub finished_at_ns: i128,
+    /// What the controller's results carry beyond the status.
+    #[serde(default)]
+    pub facts: RunFacts,
+}
+
+/// Facts of a run that job-runner's results report (crate::results).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunFacts {
+    /// The engine's id of the image the container ran.
+    #[serde(default)]
+    pub image_id: Option<String>,
+    /// The image's labels (org.opencontainers.*, org.opensafely.*).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The message for the controller, when not the status's default.
+    #[serde(default)]
+    pub status_message: Option<String>,
+    /// job-runner's hint for unmatched patterns (stays on the backend).
+    #[serde(default)]
+    pub hint: Option<String>,
+    #[serde(default)]
+    pub level4_excluded: bool,
 }
 
 impl Outcome {
@@ -99,6 +121,7 @@ impl Outcome {
             exit_code: None,
             outputs: Vec::new(),
             finished_at_ns: now,
+            facts: RunFacts::default(),
         }
     }
 
@@ -110,6 +133,7 @@ impl Outcome {
             exit_code: Some(0),
             outputs,
             finished_at_ns: now,
+            facts: RunFacts::default(),
         }
     }
 }
@@ -711,6 +735,30 @@ impl Queue {
             &FileSpec::root(0o600),
         )?;
         Ok(())
+    }
+
+    /// The controller task a job's updates go to: the latest task the
+    /// controller issued for it (a re-issued `<job>-002` replaces
+    /// `<job>-001`), else the one it came in.
+    pub fn current_task(&self, job: &JobSpec) -> Result<Option<String>> {
+        Ok(self
+            .ledger_get(&format!("current-{}", job.id))?
+            .filter(|t| !t.is_empty())
+            .or_else(|| job.task_id.clone()))
+    }
+
+    pub fn set_current_task(&self, job_id: &str, task_id: &str) -> Result<()> {
+        self.ledger_note(&format!("current-{job_id}"), task_id)
+    }
+
+    /// Whether an update for this task waits in the outbox.
+    pub fn outbox_has(&self, task_id: &str) -> Result<bool> {
+        let wanted = format!("{task_id}.json");
+        Ok(self.outbox.entries()?.into_iter().any(|(n, _)| {
+            let n = n.as_bytes();
+            // `<seq:020>-<task>.json`
+            n.len() > 21 && n[20] == b'-' && &n[21..] == wanted.as_bytes()
+        }))
     }
 
     pub fn log_path(&self, id: &str) -> PathBuf {

@@ -26,7 +26,8 @@ use crate::error::Result;
 use crate::executor::{Executor, RunRequest, RunResult};
 use crate::files;
 use crate::finalize::{self, Filed, Trees};
-use crate::queue::{Entry, Outcome, Queue, QueueLock, State};
+use crate::queue::{Entry, Outcome, Queue, QueueLock, RunFacts, State};
+use crate::results::{controller_stage, results_of};
 
 /// Most of a container's output kept for the metadata log.
 const MAX_LOG: u64 = 64 << 20;
@@ -119,7 +120,8 @@ impl Ctx<'_> {
 }
 
 /// Write a status update for the controller into the outbox (when the job
-/// came from one). The poller sends it; until then it waits on disk.
+/// came from one), to the job's current task. The poller sends it; until
+/// then it waits on disk.
 pub fn report(
     queue: &Queue,
     entry: &Entry,
@@ -127,40 +129,22 @@ pub fn report(
     results: Value,
     now: i128,
 ) -> Result<()> {
-    let Some(task) = &entry.job.task_id else {
+    let Some(task) = queue.current_task(&entry.job)? else {
         return Ok(());
     };
-    let payload = json!({
+    let lock = queue.lock()?;
+    queue.outbox_put(&lock, &task, &update(&task, entry, complete, results, now))
+}
+
+/// One update as the controller's task/update view takes it.
+pub fn update(task: &str, entry: &Entry, complete: bool, results: Value, now: i128) -> Value {
+    json!({
         "task_id": task,
-        "stage": entry.stage,
+        "stage": controller_stage(&entry.stage),
         "results": results,
         "complete": complete,
         "timestamp_ns": now,
-    });
-    let lock = queue.lock()?;
-    let seq = queue.next_seq(&lock)?;
-    let name = format!("{seq:020}-{task}.json");
-    queue.outbox.write_file(
-        OsStr::new(&name),
-        payload.to_string().as_bytes(),
-        &FileSpec::root(0o600),
-    )?;
-    Ok(())
-}
-
-pub fn results_of(outcome: &Outcome) -> Value {
-    let mut r = json!({
-        "status": outcome.status,
-        "exit_code": outcome.exit_code,
-        "outputs": outcome.outputs,
-    });
-    if let Some(code) = &outcome.code {
-        r["error"] = json!(outcome.message);
-        r["code"] = json!(code);
-    } else {
-        r["message"] = json!(outcome.message);
-    }
-    r
+    })
 }
 
 /// What recovery did with one entry.
@@ -251,11 +235,10 @@ fn report_locked(
     results: Value,
     now: i128,
 ) -> Result<()> {
-    let Some(task) = &entry.job.task_id else {
+    let Some(task) = queue.current_task(&entry.job)? else {
         return Ok(());
     };
-    let payload = json!({"task_id": task, "stage": entry.stage, "results": results, "complete": true, "timestamp_ns": now});
-    queue.outbox_put(lock, task, &payload)
+    queue.outbox_put(lock, &task, &update(&task, entry, true, results, now))
 }
 
 /// Run one claimed entry to the end; returns the finished entry.
@@ -268,6 +251,8 @@ pub fn run_entry(ctx: &Ctx<'_>, mut entry: Entry) -> Result<Entry> {
         Err(e) => Outcome::failed("internal_error", e.to_string(), now()),
     };
     let finished = queue.finish(entry, outcome)?;
+    // Test hook: a worker killed between done/ and its final update.
+    crate::faults::crash_point("after_finish");
     let outcome = finished
         .outcome
         .clone()
@@ -297,7 +282,11 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
     let result = (|| -> Result<Outcome> {
         let inputs = match finalize::prepare_inputs(&trees, &job, &volume)? {
             Ok(i) => i,
-            Err(message) => return Ok(Outcome::failed("dependency_failed", message, now())),
+            Err(message) => {
+                let mut o = Outcome::failed("dependency_failed", message.clone(), now());
+                o.facts.status_message = Some(message);
+                return Ok(o);
+            }
         };
         set_stage(ctx, entry, "prepared")?;
         let log_path = ctx.queue.log_path(&job.id);
@@ -328,34 +317,59 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
                 return Ok(Outcome::failed("internal_error", e.to_string(), now()));
             }
         };
-        let mut outcome = None;
+        let judged = finalize::judge_run(&run, &job, time_limit);
+        // job-runner keeps the matched outputs of every run that ended by
+        // itself (a nonzero exit too); not of one cancelled or killed.
+        let ran_to_end = judged.as_ref().is_none_or(|f| f.code == "nonzero_exit");
         let mut filed = Filed::default();
-        if let Some(f) = finalize::judge_run(&run, &job, time_limit) {
-            let mut o = Outcome::failed(f.code, f.message, now());
-            o.exit_code = Some(run.exit_code);
-            outcome = Some(o);
-        } else {
+        let mut unmatched = Vec::new();
+        let mut hint = None;
+        if ran_to_end {
             let (found, _others) = files::walk(&volume)?;
-            let (matched, unmatched) = finalize::match_outputs(&job, &found, &inputs);
-            if !unmatched.is_empty() {
+            let (matched, un) = finalize::match_outputs(&job, &found, &inputs);
+            if !un.is_empty() {
+                let others: Vec<&str> = found
+                    .iter()
+                    .filter(|f| !matched.contains_key(*f) && !inputs.contains(*f))
+                    .map(String::as_str)
+                    .collect();
+                if !others.is_empty() {
+                    hint = Some(format!(
+                        "Did you mean to match one of these files instead?\n - {}",
+                        others.join("\n - ")
+                    ));
+                }
+            }
+            unmatched = un;
+            filed = finalize::file_outputs(&trees, &job, &volume, &matched, now())?;
+        }
+        let mut outcome = match &judged {
+            Some(f) => {
+                let mut o = Outcome::failed(f.code, f.message.clone(), now());
+                o.exit_code = Some(run.exit_code);
+                o
+            }
+            None if !unmatched.is_empty() => {
                 let mut o = Outcome::failed(
                     "unmatched_patterns",
                     format!("no output matched: {}", unmatched.join(", ")),
                     now(),
                 );
                 o.exit_code = Some(0);
-                outcome = Some(o);
-            } else {
-                filed = finalize::file_outputs(&trees, &job, &volume, &matched, now())?;
+                o
             }
-        }
-        let outcome = outcome.unwrap_or_else(|| {
-            Outcome::succeeded(
-                "completed successfully",
-                filed.outputs.keys().cloned().collect(),
-                now(),
-            )
-        });
+            None => Outcome::succeeded("completed successfully", Vec::new(), now()),
+        };
+        outcome.outputs = filed.outputs.keys().cloned().collect();
+        outcome.facts = RunFacts {
+            image_id: run.image_id.clone(),
+            labels: run.labels.clone(),
+            status_message: (run.oom_killed || run.timed_out || run.cancelled)
+                .then(|| judged.as_ref().map(|f| f.message.clone()))
+                .flatten(),
+            hint,
+            level4_excluded: filed.outputs.values().any(|o| o.excluded),
+        };
         let output = read_capped(&log_path);
         let summary = [
             ("started_at", crate::clock::rfc3339(started)),
@@ -369,7 +383,9 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
         finalize::write_logs(&trees, &job, &log)?;
         {
             let _lock = ctx.queue.lock()?;
-            finalize::write_manifests(&trees, &job, &filed, &outcome.status, now())?;
+            if ran_to_end {
+                finalize::write_manifests(&trees, &job, &filed)?;
+            }
         }
         let _ = std::fs::remove_file(&log_path);
         Ok(outcome)

@@ -68,7 +68,16 @@ fn happy_path_files_outputs_in_both_trees_with_a_right_manifest() {
             .unwrap();
     let summary = &manifest["outputs"]["output/summary.csv"];
     let bytes = std::fs::read(sb.high().join("output/summary.csv")).unwrap();
-    assert_eq!(summary["sha256"], sha256_hex(&bytes));
+    assert_eq!(summary["content_hash"], sha256_hex(&bytes));
+    // The file's mtime as a number: Airlock calls int() on it.
+    let mtime = std::fs::metadata(sb.high().join("output/summary.csv"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((summary["timestamp"].as_f64().unwrap() - mtime).abs() < 0.001, "{summary}");
     assert_eq!(summary["size"], bytes.len());
     assert_eq!(summary["level"], "moderately_sensitive");
     assert_eq!(summary["job_id"], sb.id("generate"));
@@ -87,15 +96,14 @@ fn happy_path_files_outputs_in_both_trees_with_a_right_manifest() {
     let medium_manifest: Value =
         serde_json::from_slice(&std::fs::read(sb.medium().join("metadata/manifest.json")).unwrap())
             .unwrap();
-    assert!(
-        medium_manifest["outputs"]
-            .get("output/cohort.csv")
-            .is_none(),
-        "high outputs listed in the medium manifest"
+    // job-runner's medium manifest lists every output, with its level.
+    assert_eq!(
+        medium_manifest["outputs"]["output/cohort.csv"]["level"],
+        "highly_sensitive"
     );
     assert_eq!(
-        medium_manifest["outputs"]["output/summary.csv"]["sha256"],
-        summary["sha256"]
+        medium_manifest["outputs"]["output/summary.csv"]["content_hash"],
+        summary["content_hash"]
     );
 
     for tree in [sb.high(), sb.medium()] {
