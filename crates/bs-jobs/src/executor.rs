@@ -29,6 +29,9 @@ pub struct RunRequest<'a> {
     pub time_limit: Duration,
     /// Polled while the job runs: true when someone asked to cancel it.
     pub cancelled: &'a dyn Fn() -> bool,
+    /// Wait for the job's existing container (its worker died while it
+    /// ran) instead of creating one: the run is not started again.
+    pub attach: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -51,6 +54,8 @@ pub trait Executor: Sync {
     fn remove(&self, job_id: &str) -> Result<bool>;
     /// Kill a job's running container; false when none runs.
     fn kill(&self, job_id: &str) -> Result<bool>;
+    /// Whether the job's container exists (running or exited, not removed).
+    fn exists(&self, job_id: &str) -> Result<bool>;
 }
 
 /// The hardened container of a job, as the engine is asked to create it.
@@ -112,6 +117,20 @@ impl Executor for DockerExecutor {
     fn run(&self, req: &RunRequest<'_>) -> Result<RunResult> {
         let engine = self.engine()?;
         let name = container_name(&req.job.id);
+        if req.attach {
+            let Some(inspect) = engine.inspect(&name)? else {
+                return Err(JobsError::State {
+                    id: req.job.id.clone(),
+                    message: "its container is gone; it cannot be re-attached".into(),
+                });
+            };
+            // Created but never started (the worker died in between).
+            let status = inspect.state.and_then(|s| s.status).map(|s| s.to_string());
+            if status.as_deref() == Some("created") {
+                engine.start(&name)?;
+            }
+            return self.wait_for(&engine, &name, req);
+        }
         // A container of an earlier attempt (the worker died) goes first.
         engine.remove(&name)?;
         if engine.image_id(&req.job.image)?.is_none() {
@@ -138,6 +157,33 @@ impl Executor for DockerExecutor {
             }
         }
         engine.start(&name)?;
+        self.wait_for(&engine, &name, req)
+    }
+
+    fn remove(&self, job_id: &str) -> Result<bool> {
+        Ok(self.engine()?.remove(&container_name(job_id))?)
+    }
+
+    fn kill(&self, job_id: &str) -> Result<bool> {
+        let engine = self.engine()?;
+        let name = container_name(job_id);
+        match engine.kill(&name, "KILL") {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() || e.status() == Some(409) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn exists(&self, job_id: &str) -> Result<bool> {
+        Ok(self.engine()?.inspect(&container_name(job_id))?.is_some())
+    }
+}
+
+impl DockerExecutor {
+    /// Follow a started container to its end (its log to the log file),
+    /// enforcing cancel and the time limit; then remove it.
+    fn wait_for(&self, engine: &Engine, name: &str, req: &RunRequest<'_>) -> Result<RunResult> {
+        let name = name.to_string();
         let logger = {
             let socket = self.socket.clone();
             let name = name.clone();
@@ -184,20 +230,6 @@ impl Executor for DockerExecutor {
         engine.remove(&name)?;
         Ok(result)
     }
-
-    fn remove(&self, job_id: &str) -> Result<bool> {
-        Ok(self.engine()?.remove(&container_name(job_id))?)
-    }
-
-    fn kill(&self, job_id: &str) -> Result<bool> {
-        let engine = self.engine()?;
-        let name = container_name(job_id);
-        match engine.kill(&name, "KILL") {
-            Ok(()) => Ok(true),
-            Err(e) if e.is_not_found() || e.status() == Some(409) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
 }
 
 /// Runs nothing and succeeds: the queue, volume, finalize and manifest
@@ -215,6 +247,10 @@ impl Executor for NoopExecutor {
     }
 
     fn kill(&self, _job_id: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn exists(&self, _job_id: &str) -> Result<bool> {
         Ok(false)
     }
 }

@@ -47,12 +47,12 @@ use crate::error::Result;
 use crate::executor::{DockerExecutor, Executor, NoopExecutor};
 use crate::queue::{Queue, State};
 
-/// The engine socket: `DOCKER_HOST=unix://...` when set, else the default.
-pub fn docker_socket() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| h.starts_with("unix://"))
-        .unwrap_or_else(|| bs_engine::DEFAULT_SOCKET.to_string())
+/// The engine's socket: `[docker] socket` joined under the root, as
+/// bs-docker reaches it (a sandbox root links it to the real one).
+pub fn docker_socket(root: &Root, config: &Config) -> String {
+    root.join(&config.docker.socket)
+        .to_string_lossy()
+        .into_owned()
 }
 
 pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
@@ -76,7 +76,7 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
             let noop = NoopExecutor;
             let exec: &dyn Executor = match executor {
                 ExecutorKind::Docker => {
-                    docker = DockerExecutor::new(docker_socket());
+                    docker = DockerExecutor::new(docker_socket(&root, &config));
                     &docker
                 }
                 ExecutorKind::Noop => &noop,
@@ -102,7 +102,7 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
         }
         Command::Cancel { id } => {
             let queue = Queue::open(&root, &config.jobs.state_dir)?;
-            let exec = DockerExecutor::new(docker_socket());
+            let exec = DockerExecutor::new(docker_socket(&root, &config));
             let fate = poller::cancel(&queue, &exec, &id, &clock)?;
             out.item(
                 "job",
@@ -187,7 +187,7 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
             )?;
             Ok(Map::new())
         }
-        Command::BenchLaunch { image, count } => bench_launch(&config, out, &image, count),
+        Command::BenchLaunch { image, count } => bench_launch(&root, &config, out, &image, count),
     }
 }
 
@@ -289,7 +289,7 @@ fn poll(
         url: config.jobs.controller.clone(),
         message: e.to_string(),
     })?;
-    let exec = DockerExecutor::new(docker_socket());
+    let exec = DockerExecutor::new(docker_socket(root, config));
     let poller = poller::Poller {
         config,
         queue: &queue,
@@ -359,12 +359,13 @@ fn ls(queue: &Queue, out: &mut Output, only: Option<StateArg>, clock: &dyn Clock
 }
 
 fn bench_launch(
+    root: &Root,
     config: &Config,
     out: &mut Output,
     image: &str,
     count: u32,
 ) -> Result<Map<String, Value>> {
-    let engine = bs_engine::Engine::connect(&docker_socket())?;
+    let engine = bs_engine::Engine::connect(&docker_socket(root, config))?;
     let job = spec::JobSpec {
         id: format!("bench-{}", std::process::id()),
         workspace: "bench".into(),
@@ -391,6 +392,7 @@ fn bench_launch(
         pids: config.jobs.default_pids,
         time_limit: Duration::from_secs(60),
         cancelled: &never,
+        attach: false,
     };
     let mut spec = executor::container_spec(&req);
     spec.mounts.clear();

@@ -425,6 +425,11 @@ pub fn cancel(
             );
             match queue.fail_queued(&name, outcome)? {
                 Some(entry) => {
+                    // A queued entry waiting to re-attach has a container
+                    // that still runs: it goes too.
+                    if entry.reattach {
+                        executor.remove(id)?;
+                    }
                     let o = entry
                         .outcome
                         .clone()

@@ -158,6 +158,13 @@ pub struct Entry {
     pub started_at_ns: Option<i128>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
+    /// The job's container outlived its worker: the next claim waits for
+    /// that container instead of starting the job again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reattach: bool,
+    /// Files copied into the volume as inputs (they are not outputs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
 }
 
 impl Entry {
@@ -412,6 +419,8 @@ impl Queue {
             worker: None,
             started_at_ns: None,
             outcome: None,
+            reattach: false,
+            inputs: Vec::new(),
         };
         let name = entry.file_name();
         let name_str = name.to_string_lossy().into_owned();
@@ -544,9 +553,14 @@ impl Queue {
                 }
                 Some(Ok(mut entry)) => {
                     entry.worker = Some(worker.to_string());
-                    entry.attempts += 1;
-                    entry.stage = "preparing".into();
-                    entry.started_at_ns = Some(clock.now_ns());
+                    if entry.reattach {
+                        // The same run goes on: not a new attempt.
+                        entry.stage = "executing".into();
+                    } else {
+                        entry.attempts += 1;
+                        entry.stage = "preparing".into();
+                        entry.started_at_ns = Some(clock.now_ns());
+                    }
                     self.write(State::Running, &entry)?;
                     rustix::fs::fsync(self.queue.fd())
                         .map_err(|e| CoreError::io(self.queue.path(), e.into()))?;
@@ -650,6 +664,7 @@ impl Queue {
             }
         };
         entry.attempts = 0;
+        entry.reattach = false;
         entry.stage = "pending".into();
         entry.worker = None;
         entry.outcome = None;
@@ -689,6 +704,18 @@ impl Queue {
         self.write(State::Queued, &entry)?;
         self.running.remove_if_exists(&name)?;
         Ok(State::Queued)
+    }
+
+    /// Give an entry from `running/` whose worker died but whose container
+    /// still exists back to the queue, marked to re-attach to it (no
+    /// attempt counted: nothing is run again). Call with the lock held.
+    pub fn requeue_for_reattach(&self, _lock: &QueueLock, mut entry: Entry) -> Result<()> {
+        let name = entry.file_name();
+        entry.worker = None;
+        entry.reattach = true;
+        self.write(State::Queued, &entry)?;
+        self.running.remove_if_exists(&name)?;
+        Ok(())
     }
 
     /// Remove temp files a killed `submit` left in queue/ and ledger/.

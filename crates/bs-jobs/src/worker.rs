@@ -10,6 +10,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -188,8 +189,22 @@ pub fn recover(ctx: &Ctx<'_>) -> Result<Vec<Recovered>> {
                 continue;
             }
         }
-        // The container of the dead worker's run goes before anything else,
-        // or the next attempt would meet it (and two copies could write).
+        // Research is not killed by a restart: a container that outlived
+        // its worker is waited for by the next claim, not started again.
+        if entry.stage == "executing" && ctx.executor.exists(&entry.job.id)? {
+            let id = entry.job.id.clone();
+            queue.requeue_for_reattach(&lock, entry)?;
+            done.push(Recovered {
+                id,
+                entry: name.to_string_lossy().into_owned(),
+                to: "queued",
+                container_removed: false,
+                message: "its worker is gone; its container is kept and re-attached".into(),
+            });
+            continue;
+        }
+        // Any other container of the dead worker's run goes before anything
+        // else, or the next attempt would meet it (and two copies could write).
         let container_removed = ctx.executor.remove(&entry.job.id)?;
         if let Ok(trees) = ctx.trees() {
             let _ = files::remove_tree(&trees.volumes, OsStr::new(&entry.job.id));
@@ -276,21 +291,35 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
     let job = entry.job.clone();
     let now = || ctx.clock.now_ns();
     let id_os = OsStr::new(&job.id);
-    // A fresh volume: whatever an earlier attempt left is not an input.
-    files::remove_tree(&trees.volumes, id_os)?;
-    let volume = files::subdir_create_only(&trees.volumes, id_os, &trees.dir_spec)?;
+    let attach = entry.reattach;
+    let volume = if attach {
+        // The container still writes into it: keep it as it is.
+        trees.volumes.open_subdir(id_os)?
+    } else {
+        // A fresh volume: whatever an earlier attempt left is not an input.
+        files::remove_tree(&trees.volumes, id_os)?;
+        files::subdir_create_only(&trees.volumes, id_os, &trees.dir_spec)?
+    };
     let result = (|| -> Result<Outcome> {
-        let inputs = match finalize::prepare_inputs(&trees, &job, &volume)? {
-            Ok(i) => i,
-            Err(message) => {
-                let mut o = Outcome::failed("dependency_failed", message.clone(), now());
-                o.facts.status_message = Some(message);
-                return Ok(o);
-            }
-        };
-        set_stage(ctx, entry, "prepared")?;
         let log_path = ctx.queue.log_path(&job.id);
-        let _ = std::fs::remove_file(&log_path);
+        let inputs: BTreeSet<String> = if attach {
+            entry.inputs.iter().cloned().collect()
+        } else {
+            let inputs = match finalize::prepare_inputs(&trees, &job, &volume)? {
+                Ok(i) => i,
+                Err(message) => {
+                    let mut o = Outcome::failed("dependency_failed", message.clone(), now());
+                    o.facts.status_message = Some(message);
+                    return Ok(o);
+                }
+            };
+            entry.inputs = inputs.iter().cloned().collect();
+            set_stage(ctx, entry, "prepared")?;
+            let _ = std::fs::remove_file(&log_path);
+            inputs
+        };
+        // Durable before the container starts: a recovery must know the
+        // run began (and which files were inputs) to re-attach to it.
         set_stage(ctx, entry, "executing")?;
         let cancel_dir = &ctx.queue.cancel;
         let cancelled = || matches!(cancel_dir.stat_at(id_os), Ok(Some(_)));
@@ -304,6 +333,7 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
             pids: ctx.config.jobs.default_pids,
             time_limit: Duration::from_secs(time_limit),
             cancelled: &cancelled,
+            attach,
         };
         let started = now();
         let run = ctx.executor.run(&req);

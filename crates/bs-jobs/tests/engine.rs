@@ -308,12 +308,14 @@ fn cancel_of_a_queued_job_fails_it_before_it_runs() {
 fn a_worker_killed_mid_job_is_recovered_and_the_job_ends_exactly_once() {
     require_engine();
     let sb = Sandbox::new("sigkill", "");
+    // The output names the container it ran in (its hostname) and counts
+    // the starts in the volume: one start, in the original container.
     let mut job = sb.job(
         "survivor",
         &[
             "sh",
             "-c",
-            "sleep 4; mkdir -p output; echo ok > output/a.txt",
+            "echo start >> starts; sleep 4; mkdir -p output; hostname > output/a.txt; cat starts >> output/a.txt",
         ],
     );
     job["outputs"] = json!({"highly_sensitive": ["output/a.txt"]});
@@ -328,6 +330,8 @@ fn a_worker_killed_mid_job_is_recovered_and_the_job_ends_exactly_once() {
         sb.wait_for_container(Duration::from_secs(30)),
         "the job never started"
     );
+    let original = sb.containers();
+    assert_eq!(original.len(), 1);
     // SIGKILL: no clean-up runs in the worker.
     worker.kill().unwrap();
     worker.wait().unwrap();
@@ -336,30 +340,54 @@ fn a_worker_killed_mid_job_is_recovered_and_the_job_ends_exactly_once() {
         1,
         "the entry stays in running/"
     );
-    assert_eq!(
-        sb.containers().len(),
-        1,
-        "the orphan container is still there"
-    );
+    assert_eq!(sb.containers(), original, "the job's container still runs");
     let (code, recs, err) = sb.run(&["work", "--once"]);
     assert_eq!(code, 0, "{err} {recs:?}");
     let rec = of_type(&recs, "recovered");
     assert_eq!(rec.len(), 1, "{recs:?}");
-    assert_eq!(rec[0]["container_removed"], true);
+    assert_eq!(rec[0]["container_removed"], false);
     assert_eq!(rec[0]["to"], "queued");
     let (state, e) = sb.finished("survivor");
     assert_eq!(state, "done", "{e:#}");
-    assert_eq!(e["attempts"], 2);
-    assert_eq!(
-        std::fs::read_to_string(sb.high().join("output/a.txt")).unwrap(),
-        "ok\n"
-    );
+    assert_eq!(e["attempts"], 1, "the job was started again");
+    let out = std::fs::read_to_string(sb.high().join("output/a.txt")).unwrap();
+    assert_eq!(out, format!("{}\nstart\n", original[0]), "not one run in the original container");
     let all: Vec<String> = ["queue", "running", "done", "failed"]
         .iter()
         .flat_map(|s| sb.entries(s))
         .collect();
     assert_eq!(all.len(), 1, "exactly one entry for the job: {all:?}");
     assert!(sb.containers().is_empty(), "container left behind");
+}
+
+#[test]
+fn job_containers_carry_job_runners_labels() {
+    require_engine();
+    let sb = Sandbox::new("labels", "");
+    sb.submit(&sb.job("labelled", &["sleep", "3"]));
+    let mut worker = sb
+        .cmd()
+        .args(["work", "--once"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(sb.wait_for_container(Duration::from_secs(30)));
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            "label=job-runner",
+            "--filter",
+            &format!("label=workspace={}", sb.ws),
+            "--filter",
+            "label=action=labelled",
+        ])
+        .output()
+        .unwrap();
+    let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(worker.wait().unwrap().success());
+    assert_eq!(found.len(), 12, "no container with job-runner's labels: {found:?}");
 }
 
 #[test]
