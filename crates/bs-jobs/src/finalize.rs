@@ -428,7 +428,12 @@ impl Level4 {
     }
 }
 
-fn medium_problem(rules: &Level4, rel: &str, out: &ManifestOutput, header: &[u8]) -> Option<String> {
+fn medium_problem(
+    rules: &Level4,
+    rel: &str,
+    out: &ManifestOutput,
+    header: &[u8],
+) -> Option<String> {
     if out.size > rules.max_bytes {
         return Some(format!(
             "it is {} bytes, over the limit of {} bytes",
@@ -436,7 +441,9 @@ fn medium_problem(rules: &Level4, rel: &str, out: &ManifestOutput, header: &[u8]
         ));
     }
     let ext = extension(rel);
-    let allowed = ext.as_ref().is_some_and(|e| rules.types.iter().any(|a| a == e));
+    let allowed = ext
+        .as_ref()
+        .is_some_and(|e| rules.types.iter().any(|a| a == e));
     if !allowed {
         return Some(format!(
             "files of type {} are not allowed there (allowed: {})",

@@ -22,8 +22,8 @@ use crate::clock::Clock;
 use crate::error::{JobsError, Result};
 use crate::executor::Executor;
 use crate::queue::{Outcome, Queue, State};
-use crate::spec;
 use crate::results::{is_agent_error, results_of};
+use crate::spec;
 use crate::worker::{report, update};
 
 #[derive(Debug, Deserialize)]

@@ -54,11 +54,7 @@ pub fn results_of(o: &Outcome) -> Value {
     } else {
         o.facts.status_message.clone()
     };
-    let hint = if unmatched {
-        Some(String::new())
-    } else {
-        None
-    };
+    let hint = if unmatched { Some(String::new()) } else { None };
     let error = if is_agent_error(o) {
         json!({"exception": "AgentError", "message": o.message, "traceback": ""})
     } else {

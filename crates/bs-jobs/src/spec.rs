@@ -548,7 +548,12 @@ pub fn from_definition(def: &Value, task_id: &str, config: &JobsConfig) -> Resul
     let allow_database_access = match obj.get("allow_database_access") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(JobsError::invalid("allow_database_access", "must be true or false")),
+        Some(_) => {
+            return Err(JobsError::invalid(
+                "allow_database_access",
+                "must be true or false",
+            ))
+        }
     };
     let input_job_ids = str_list(obj, "input_job_ids")?;
     if let Some(bad) = input_job_ids.iter().position(|j| !valid_name(j, 64)) {

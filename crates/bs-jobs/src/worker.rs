@@ -8,9 +8,9 @@
 //! reused pid cannot fool it): its leftover container is removed, then it
 //! goes back to the queue, or to `failed/` once it has used its attempts.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -189,6 +189,10 @@ pub fn recover(ctx: &Ctx<'_>) -> Result<Vec<Recovered>> {
                 continue;
             }
         }
+        // Its worker died mid-write, maybe: the temps it left in the
+        // workspace (both trees; the medium one is the reviewers') go.
+        // A tree it cannot walk (a planted symlink) must not stop recovery.
+        let swept = sweep_workspace_temps(ctx, &entry.job.workspace).unwrap_or(0);
         // Research is not killed by a restart: a container that outlived
         // its worker is waited for by the next claim, not started again.
         if entry.stage == "executing" && ctx.executor.exists(&entry.job.id)? {
@@ -199,7 +203,9 @@ pub fn recover(ctx: &Ctx<'_>) -> Result<Vec<Recovered>> {
                 entry: name.to_string_lossy().into_owned(),
                 to: "queued",
                 container_removed: false,
-                message: "its worker is gone; its container is kept and re-attached".into(),
+                message: format!(
+                    "its worker is gone; its container is kept and re-attached ({swept} temp file(s) swept)"
+                ),
             });
             continue;
         }
@@ -233,13 +239,39 @@ pub fn recover(ctx: &Ctx<'_>) -> Result<Vec<Recovered>> {
             to: to.as_str(),
             container_removed,
             message: format!(
-                "its worker is gone (attempt {attempts} of {})",
+                "its worker is gone (attempt {attempts} of {}; {swept} temp file(s) swept)",
                 ctx.config.jobs.max_attempts
             ),
         });
     }
     drop(lock);
     Ok(done)
+}
+
+/// Sweep a workspace's temps in both trees, sparing those of workers that
+/// still run (their pids hold a worker lock).
+fn sweep_workspace_temps(ctx: &Ctx<'_>, workspace: &str) -> Result<usize> {
+    let mut live = vec![std::process::id()];
+    for (name, _) in ctx.queue.workers.entries()? {
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
+            continue;
+        };
+        if id != ctx.worker && worker_alive(ctx.queue, id)? {
+            if let Some(pid) = id.split('-').next().and_then(|p| p.parse().ok()) {
+                live.push(pid);
+            }
+        }
+    }
+    let trees = ctx.trees()?;
+    let mut n = 0;
+    for top in [&trees.high, &trees.medium] {
+        match top.open_subdir(OsStr::new(workspace)) {
+            Ok(ws) => n += files::sweep_temps(&ws, &live, 0)?,
+            Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
 }
 
 /// `report` for recovery, which already holds the queue lock.
@@ -350,7 +382,7 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
         let judged = finalize::judge_run(&run, &job, time_limit);
         // job-runner keeps the matched outputs of every run that ended by
         // itself (a nonzero exit too); not of one cancelled or killed.
-        let ran_to_end = judged.as_ref().is_none_or(|f| f.code == "nonzero_exit");
+        let ran_to_end = judged.as_ref().map_or(true, |f| f.code == "nonzero_exit");
         let mut filed = Filed::default();
         let mut unmatched = Vec::new();
         let mut hint = None;

@@ -30,7 +30,10 @@ fn def(sb: &Sandbox, short: &str, args: &[&str], outputs: Value) -> Value {
 
 fn no_failures(ctl: &FakeController) {
     let f = ctl.failures();
-    assert!(f.is_empty(), "the real controller would have failed: {f:#?}");
+    assert!(
+        f.is_empty(),
+        "the real controller would have failed: {f:#?}"
+    );
 }
 
 /// poll, work, poll until the controller has no active task left (or the
@@ -103,16 +106,24 @@ fn errors_stalls_and_garbage_lose_no_task_and_run_none_twice() {
     // The same tasks again: nothing new is queued.
     let (_, recs, _) = sb.run(&["poll", "--once"]);
     assert!(
-        of_type(&recs, "task").iter().all(|t| t["action"] != "queued"),
+        of_type(&recs, "task")
+            .iter()
+            .all(|t| t["action"] != "queued"),
         "{recs:?}"
     );
     drive(&sb, &ctl, "noop", 3);
-    assert!(sb.entries("outbox").is_empty(), "the outbox was not emptied");
+    assert!(
+        sb.entries("outbox").is_empty(),
+        "the outbox was not emptied"
+    );
     assert_eq!(sb.entries("done").len(), 2);
     no_failures(&ctl);
     for job in [&one, &two] {
         let j = ctl.job(job);
-        assert_eq!((j.state.as_str(), j.code.as_str()), ("succeeded", "succeeded"));
+        assert_eq!(
+            (j.state.as_str(), j.code.as_str()),
+            ("succeeded", "succeeded")
+        );
         let task = format!("{job}-001");
         assert_eq!(ctl.finals(&task).len(), 1, "{:?}", ctl.updates(&task));
         let stages: Vec<String> = ctl
@@ -122,7 +133,13 @@ fn errors_stalls_and_garbage_lose_no_task_and_run_none_twice() {
             .collect();
         assert_eq!(stages.first().map(String::as_str), Some("preparing"));
         assert_eq!(stages.last().map(String::as_str), Some("finalized"));
-        assert_eq!(ctl.task_ids().iter().filter(|t| t.starts_with(job.as_str())).count(), 1);
+        assert_eq!(
+            ctl.task_ids()
+                .iter()
+                .filter(|t| t.starts_with(job.as_str()))
+                .count(),
+            1
+        );
     }
     let s = ctl.state.lock().unwrap();
     assert!(s.auth.iter().all(|a| a == "tok-123"), "{:?}", s.auth);
@@ -147,27 +164,55 @@ fn every_task_is_answered_as_job_runners_agent_answers_it() {
     let unmatched = ctl.add_job(def(
         &sb,
         "unmatched",
-        &["sh", "-c", "mkdir -p output && echo x > output/secret-name.csv"],
+        &[
+            "sh",
+            "-c",
+            "mkdir -p output && echo x > output/secret-name.csv",
+        ],
         json!({"output/expected-name.csv": "moderately_sensitive"}),
     ));
-    let mut bad = def(&sb, "bad", &["true"], json!({"../../etc/passwd": "highly_sensitive"}));
+    let mut bad = def(
+        &sb,
+        "bad",
+        &["true"],
+        json!({"../../etc/passwd": "highly_sensitive"}),
+    );
     bad["memory_limit"] = json!("lots");
     let bad = ctl.add_job(bad);
-    let status = ctl.add_simple("dbstatus", json!({"database_name": "default", "image": IMAGE, "image_sha": "sha256:00"}));
+    let status = ctl.add_simple(
+        "dbstatus",
+        json!({"database_name": "default", "image": IMAGE, "image_sha": "sha256:00"}),
+    );
 
     drive(&sb, &ctl, "docker", 3);
     no_failures(&ctl);
     let j = ctl.job(&ok);
-    assert_eq!((j.state.as_str(), j.code.as_str()), ("succeeded", "succeeded"), "{j:?}");
+    assert_eq!(
+        (j.state.as_str(), j.code.as_str()),
+        ("succeeded", "succeeded"),
+        "{j:?}"
+    );
     assert!(j.message.contains("excluded"), "{j:?}");
     let j = ctl.job(&exit3);
-    assert_eq!((j.state.as_str(), j.code.as_str()), ("failed", "nonzero_exit"));
+    assert_eq!(
+        (j.state.as_str(), j.code.as_str()),
+        ("failed", "nonzero_exit")
+    );
     let j = ctl.job(&unmatched);
-    assert_eq!((j.state.as_str(), j.code.as_str()), ("failed", "unmatched_patterns"));
+    assert_eq!(
+        (j.state.as_str(), j.code.as_str()),
+        ("failed", "unmatched_patterns")
+    );
     // A definition bs-jobs refuses fails once; it is not re-issued forever.
     let j = ctl.job(&bad);
     assert_eq!(j.state, "failed", "{j:?}");
-    assert_eq!(ctl.task_ids().iter().filter(|t| t.starts_with(bad.as_str())).count(), 1);
+    assert_eq!(
+        ctl.task_ids()
+            .iter()
+            .filter(|t| t.starts_with(bad.as_str()))
+            .count(),
+        1
+    );
     assert_eq!(ctl.finals(&format!("{bad}-001")).len(), 1);
     // The simple task got its one answer.
     assert_eq!(ctl.finals(&status).len(), 1);
@@ -177,11 +222,20 @@ fn every_task_is_answered_as_job_runners_agent_answers_it() {
     for k in FROM_DICT {
         assert!(r.get(*k).is_some(), "{k}: {r}");
     }
-    assert!(r["docker_image_id"].as_str().unwrap().starts_with("sha256:"), "{r}");
+    assert!(
+        r["docker_image_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:"),
+        "{r}"
+    );
     assert_eq!(r["exit_code"], 0);
     assert_eq!(r["has_level4_excluded_files"], true);
     let r = ctl.finals(&format!("{unmatched}-001"))[0]["results"].to_string();
-    assert!(!r.contains("secret-name") && !r.contains("expected-name"), "{r}");
+    assert!(
+        !r.contains("secret-name") && !r.contains("expected-name"),
+        "{r}"
+    );
 
     // Outputs as job-runner files them: the task's level-4 rules (.rds is
     // not among its types; a patient_id column never goes to medium).
@@ -203,7 +257,10 @@ fn every_task_is_answered_as_job_runners_agent_answers_it() {
     let table = &manifest["outputs"]["output/table.csv"];
     let bytes = std::fs::read(sb.high().join("output/table.csv")).unwrap();
     assert_eq!(table["content_hash"], sha256_hex(&bytes));
-    assert!(table["timestamp"].is_f64() || table["timestamp"].is_u64(), "{table}");
+    assert!(
+        table["timestamp"].is_f64() || table["timestamp"].is_u64(),
+        "{table}"
+    );
     for (k, v) in [
         ("level", json!("moderately_sensitive")),
         ("job_id", json!(ok)),
@@ -237,15 +294,26 @@ fn an_agent_error_is_reissued_as_a_new_task_and_that_task_runs_the_job() {
     let first = ctl.finals(&format!("{job}-001"));
     assert_eq!(first.len(), 1);
     assert!(first[0]["results"]["error"].is_object(), "{first:?}");
-    assert!(ctl.task_ids().contains(&format!("{job}-002")), "{:?}", ctl.task_ids());
+    assert!(
+        ctl.task_ids().contains(&format!("{job}-002")),
+        "{:?}",
+        ctl.task_ids()
+    );
     // The image arrives; the re-issued task runs the job to its end.
-    let tagged = Command::new("docker").args(["tag", IMAGE, &image]).status().unwrap();
+    let tagged = Command::new("docker")
+        .args(["tag", IMAGE, &image])
+        .status()
+        .unwrap();
     assert!(tagged.success());
     drive(&sb, &ctl, "docker", 3);
     let _ = Command::new("docker").args(["rmi", &image]).output();
     no_failures(&ctl);
     let j = ctl.job(&job);
-    assert_eq!((j.state.as_str(), j.code.as_str()), ("succeeded", "succeeded"), "{j:?}");
+    assert_eq!(
+        (j.state.as_str(), j.code.as_str()),
+        ("succeeded", "succeeded"),
+        "{j:?}"
+    );
     assert_eq!(ctl.finals(&format!("{job}-002")).len(), 1);
 }
 
@@ -299,7 +367,11 @@ fn a_final_update_lost_to_a_worker_killed_after_done_is_sent_again() {
         .env("BS_JOBS_CRASH_AT", "after_finish")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), None, "the crash point did not kill the worker");
+    assert_eq!(
+        out.status.code(),
+        None,
+        "the crash point did not kill the worker"
+    );
     assert_eq!(sb.entries("done").len(), 1);
     for _ in 0..2 {
         assert_eq!(sb.run(&["poll", "--once"]).0, 0);

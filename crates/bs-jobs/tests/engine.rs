@@ -77,7 +77,10 @@ fn happy_path_files_outputs_in_both_trees_with_a_right_manifest() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs_f64();
-    assert!((summary["timestamp"].as_f64().unwrap() - mtime).abs() < 0.001, "{summary}");
+    assert!(
+        (summary["timestamp"].as_f64().unwrap() - mtime).abs() < 0.001,
+        "{summary}"
+    );
     assert_eq!(summary["size"], bytes.len());
     assert_eq!(summary["level"], "moderately_sensitive");
     assert_eq!(summary["job_id"], sb.id("generate"));
@@ -351,13 +354,82 @@ fn a_worker_killed_mid_job_is_recovered_and_the_job_ends_exactly_once() {
     assert_eq!(state, "done", "{e:#}");
     assert_eq!(e["attempts"], 1, "the job was started again");
     let out = std::fs::read_to_string(sb.high().join("output/a.txt")).unwrap();
-    assert_eq!(out, format!("{}\nstart\n", original[0]), "not one run in the original container");
+    assert_eq!(
+        out,
+        format!("{}\nstart\n", original[0]),
+        "not one run in the original container"
+    );
     let all: Vec<String> = ["queue", "running", "done", "failed"]
         .iter()
         .flat_map(|s| sb.entries(s))
         .collect();
     assert_eq!(all.len(), 1, "exactly one entry for the job: {all:?}");
     assert!(sb.containers().is_empty(), "container left behind");
+}
+
+/// Every `.bs-tmp` file below a directory.
+fn temps_below(dir: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("find")
+        .arg(dir)
+        .args(["-name", "*.bs-tmp"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn temps_a_killed_worker_left_in_both_trees_are_swept() {
+    require_engine();
+    let sb = Sandbox::new("temps", "");
+    let mut job = sb.job(
+        "tmp",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p output; printf 'a,b\\n1,2\\n' > output/t.csv",
+        ],
+    );
+    job["outputs"] = json!({"moderately_sensitive": ["output/t.csv"]});
+    sb.submit(&job);
+    // Killed with its temps written and not renamed: first in the high
+    // tree; the next worker sweeps that and is killed in the medium tree.
+    let temps = || -> Vec<String> {
+        [sb.high(), sb.medium()]
+            .iter()
+            .flat_map(|t| temps_below(t))
+            .collect()
+    };
+    for (nth, tree) in [
+        ("before_rename:1", "/high_privacy/"),
+        ("before_rename:2", "/medium_privacy/"),
+    ] {
+        let out = sb
+            .cmd()
+            .args(["work", "--once"])
+            .env("BS_JOBS_CRASH_AT", nth)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{nth}: the crash point did not kill the worker"
+        );
+        let left = temps();
+        assert!(
+            left.len() == 1 && left[0].contains(tree),
+            "after {nth}: want one temp in {tree}: {left:?}"
+        );
+    }
+    let (code, recs, err) = sb.run(&["work", "--once"]);
+    assert_eq!(code, 0, "{err} {recs:?}");
+    let (state, e) = sb.finished("tmp");
+    assert_eq!(state, "done", "{e:#}");
+    let left = temps();
+    assert!(left.is_empty(), "temps left behind: {left:?}");
+    assert!(sb.medium().join("output/t.csv").is_file());
 }
 
 #[test]
@@ -387,7 +459,11 @@ fn job_containers_carry_job_runners_labels() {
         .unwrap();
     let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert!(worker.wait().unwrap().success());
-    assert_eq!(found.len(), 12, "no container with job-runner's labels: {found:?}");
+    assert_eq!(
+        found.len(),
+        12,
+        "no container with job-runner's labels: {found:?}"
+    );
 }
 
 #[test]

@@ -212,7 +212,8 @@ impl State {
         let info: Value = match serde_json::from_str(payload) {
             Ok(v) => v,
             Err(e) => {
-                self.failures.push(format!("payload is not JSON ({e}): {payload}"));
+                self.failures
+                    .push(format!("payload is not JSON ({e}): {payload}"));
                 return 500;
             }
         };
@@ -225,14 +226,16 @@ impl State {
         }
         let task_id = info["task_id"].as_str().unwrap_or_default().to_string();
         let Some(task) = self.tasks.get_mut(&task_id) else {
-            self.failures.push(format!("update of unknown task {task_id}"));
+            self.failures
+                .push(format!("update of unknown task {task_id}"));
             return 500;
         };
         let stage = info["stage"].as_str().unwrap_or("?");
         let simple = task.kind == "dbstatus" || task.kind == "dbdatacheck";
         if simple && !stage.is_empty() || !simple && !STAGES.contains(&stage) {
-            self.failures
-                .push(format!("{task_id}: stage {stage:?} is not one job-runner sends"));
+            self.failures.push(format!(
+                "{task_id}: stage {stage:?} is not one job-runner sends"
+            ));
         }
         if info["timestamp_ns"].as_i64().is_none() && !info["timestamp_ns"].is_null() {
             self.failures
@@ -263,7 +266,8 @@ impl State {
 
     fn handle_completed_runjob(&mut self, task: &Task) {
         let job_id = task.job.clone();
-        let is_current = self.current_runjob(&job_id).map(|t| t.id.clone()) == Some(task.id.clone());
+        let is_current =
+            self.current_runjob(&job_id).map(|t| t.id.clone()) == Some(task.id.clone());
         let running = self.jobs[&job_id].state == "running";
         if !(running && is_current) {
             // The loop only looks at the current task of a running job.
@@ -288,8 +292,10 @@ impl State {
         }
         for key in FROM_DICT {
             if r.get(*key).is_none() {
-                self.failures
-                    .push(format!("{}: JobTaskResults.from_dict KeyError {key:?} in {r}", task.id));
+                self.failures.push(format!(
+                    "{}: JobTaskResults.from_dict KeyError {key:?} in {r}",
+                    task.id
+                ));
                 return;
             }
         }
