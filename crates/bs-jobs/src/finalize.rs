@@ -26,6 +26,8 @@ pub struct Trees {
     pub medium: DirFd,
     /// `<high>/volumes`
     pub volumes: DirFd,
+    /// `<high_privacy>/logs`: `YYYY-MM/os-job-<id>/` a job, as job-runner keeps them.
+    pub logs: DirFd,
     pub file_spec: FileSpec,
     pub dir_spec: FileSpec,
     pub medium_max_bytes: u64,
@@ -549,6 +551,37 @@ pub fn write_logs(trees: &Trees, job: &JobSpec, log: &[u8]) -> Result<()> {
         let (dir, name) = files::open_parent(&ws, Path::new(&rel), &trees.dir_spec)?;
         files::write_from_opts(&dir, name, &mut &log[..], &trees.file_spec, false)?;
     }
+    Ok(())
+}
+
+/// `<high_privacy>/logs/YYYY-MM/os-job-<id>/{logs.txt,metadata.json}` as
+/// job-runner keeps them (the month the job was created): the log, and the
+/// job's metadata with the container's labels and its environment's names
+/// (never a value).
+pub fn write_job_log_dir(
+    trees: &Trees,
+    job: &JobSpec,
+    log: &[u8],
+    metadata: &Value,
+    created_ns: i128,
+) -> Result<()> {
+    let month: String = crate::clock::rfc3339(created_ns).chars().take(7).collect();
+    let rel = Path::new(&month).join(crate::executor::container_name(&job.id));
+    let dir = files::ensure_dirs(&trees.logs, &rel, &trees.dir_spec)?;
+    files::write_from(
+        &dir,
+        OsStr::new("logs.txt"),
+        &mut &log[..],
+        &trees.file_spec,
+    )?;
+    let mut bytes = serde_json::to_vec_pretty(metadata).unwrap_or_default();
+    bytes.push(b'\n');
+    files::write_from(
+        &dir,
+        OsStr::new("metadata.json"),
+        &mut &bytes[..],
+        &trees.file_spec,
+    )?;
     Ok(())
 }
 

@@ -29,6 +29,7 @@ use crate::files;
 use crate::finalize::{self, Filed, Trees};
 use crate::queue::{Entry, Outcome, Queue, QueueLock, RunFacts, State};
 use crate::results::{controller_stage, results_of};
+use crate::spec::JobSpec;
 
 /// Most of a container's output kept for the metadata log.
 const MAX_LOG: u64 = 64 << 20;
@@ -106,6 +107,7 @@ impl Ctx<'_> {
         Ok(Trees {
             high: files::subdir_create_only(&high, OsStr::new("workspaces"), &dir_spec)?,
             volumes: files::subdir_create_only(&high, OsStr::new("volumes"), &dir_spec)?,
+            logs: files::subdir_create_only(&high, OsStr::new("logs"), &dir_spec)?,
             medium: files::subdir_create_only(&medium, OsStr::new("workspaces"), &dir_spec)?,
             file_spec: FileSpec {
                 mode: 0o640,
@@ -442,7 +444,23 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
             ("message", outcome.message.clone()),
         ];
         let log = finalize::render_log(&job, &output, &summary);
-        finalize::write_logs(&trees, &job, &log)?;
+        // A cancelled or killed run's log stays in the log directory only,
+        // as job-runner keeps it; a finished one goes to both trees too.
+        if ran_to_end {
+            finalize::write_logs(&trees, &job, &log)?;
+        }
+        let created_ns = job
+            .origin
+            .created_at
+            .map(|s| i128::from(s) * 1_000_000_000)
+            .unwrap_or(entry.submitted_at_ns);
+        finalize::write_job_log_dir(
+            &trees,
+            &job,
+            &log,
+            &job_metadata(&job, &outcome, &run, finished_at),
+            created_ns,
+        )?;
         {
             let _lock = ctx.queue.lock()?;
             if ran_to_end {
@@ -455,6 +473,47 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
     // The volume goes whatever happened; outputs are in the trees by now.
     files::remove_tree(&trees.volumes, id_os)?;
     result
+}
+
+/// The job's metadata.json: what job-runner records of a run (its keys),
+/// with the environment's names only.
+fn job_metadata(job: &JobSpec, o: &Outcome, run: &RunResult, finished_ns: i128) -> Value {
+    let mut results = crate::results::results_of(o);
+    if let Some(m) = results.as_object_mut() {
+        // This file stays in the high privacy tree: names may be in it.
+        m.insert("outputs".into(), json!(o.outputs));
+        m.insert("hint".into(), json!(o.facts.hint));
+        m.insert(
+            "status_message".into(),
+            json!(o
+                .facts
+                .status_message
+                .clone()
+                .unwrap_or_else(|| o.message.clone())),
+        );
+    }
+    json!({
+        "job_definition_id": job.id,
+        "job_definition_rap_id": job.origin.rap_id,
+        "task_id": job.task_id,
+        "created_at": job.origin.created_at,
+        "user": job.origin.user,
+        "completed_at": finished_ns / 1_000_000_000,
+        "expected_image_id": job.origin.image_sha,
+        "oom_killed": run.oom_killed,
+        "commit": job.commit,
+        "database_name": job.origin.database_name,
+        "status": o.status,
+        "code": o.code,
+        "results": results,
+        "container_metadata": {
+            "Image": run.image_id,
+            "Config": {
+                "Labels": run.labels,
+                "Env": job.env.keys().map(|k| format!("{k}=xxxx-REDACTED-xxxx")).collect::<Vec<_>>(),
+            },
+        },
+    })
 }
 
 fn read_capped(path: &Path) -> Vec<u8> {

@@ -118,6 +118,32 @@ fn happy_path_files_outputs_in_both_trees_with_a_right_manifest() {
         );
         assert!(log.contains("API_KEY=xxxx-REDACTED-xxxx"));
     }
+    // job-runner's log directory: <high>/logs/YYYY-MM/os-job-<id>/.
+    let logs = sb.root().join("srv/high_privacy/logs");
+    let month = std::fs::read_dir(&logs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let dir = month.join(format!("os-job-{}", sb.id("generate")));
+    let text = std::fs::read_to_string(dir.join("logs.txt")).unwrap();
+    assert!(
+        text.contains("FINISHED") && !text.contains("sup3rs3cret"),
+        "{text}"
+    );
+    let meta_text = std::fs::read_to_string(dir.join("metadata.json")).unwrap();
+    assert!(!meta_text.contains("sup3rs3cret"), "{meta_text}");
+    let meta: Value = serde_json::from_str(&meta_text).unwrap();
+    assert_eq!(meta["job_definition_id"], sb.id("generate"));
+    assert_eq!(
+        meta["container_metadata"]["Config"]["Labels"]["job-runner"],
+        ""
+    );
+    assert!(meta["container_metadata"]["Image"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
     assert!(sb.containers().is_empty(), "container left behind");
     assert!(
         !sb.root()
