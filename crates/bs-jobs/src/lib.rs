@@ -290,6 +290,7 @@ fn poll(
         message: e.to_string(),
     })?;
     let exec = DockerExecutor::new(docker_socket(root, config));
+    let runner = SystemRunner::new(root);
     let poller = poller::Poller {
         config,
         queue: &queue,
@@ -297,6 +298,7 @@ fn poll(
         token,
         clock,
         executor: &exec,
+        runner: &runner,
     };
     match every {
         None => poller.poll_once(out),

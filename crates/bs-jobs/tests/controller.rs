@@ -183,6 +183,14 @@ fn every_task_is_answered_as_job_runners_agent_answers_it() {
         "dbstatus",
         json!({"database_name": "default", "image": IMAGE, "image_sha": "sha256:00"}),
     );
+    let check = ctl.add_simple(
+        "dbdatacheck",
+        json!({"hes_expected_activity_month": "2026-01", "image": IMAGE, "image_sha": "sha256:00"}),
+    );
+    let bad_check = ctl.add_simple(
+        "dbdatacheck",
+        json!({"image": IMAGE, "image_sha": "sha256:00"}),
+    );
 
     drive(&sb, &ctl, "docker", 3);
     no_failures(&ctl);
@@ -214,8 +222,25 @@ fn every_task_is_answered_as_job_runners_agent_answers_it() {
         1
     );
     assert_eq!(ctl.finals(&format!("{bad}-001")).len(), 1);
-    // The simple task got its one answer.
-    assert_eq!(ctl.finals(&status).len(), 1);
+    // Simple tasks: one answer each, from the backend's configured check.
+    let answer = |t: &str| {
+        let f = ctl.finals(t);
+        assert_eq!(f.len(), 1, "{t}: {f:?}");
+        f[0]["results"].clone()
+    };
+    assert_eq!(
+        answer(&status),
+        json!({"results": {"status": ""}, "error": null})
+    );
+    assert_eq!(
+        answer(&check),
+        json!({"results": {"status": "OK"}, "error": null})
+    );
+    let bad = answer(&bad_check);
+    assert_eq!(
+        (bad["results"].clone(), bad["error"]["type"].clone()),
+        (Value::Null, json!("ValueError"))
+    );
 
     // Results carry the image and every from_dict key; names stay home.
     let r = &ctl.finals(&format!("{ok}-001"))[0]["results"];

@@ -41,6 +41,12 @@ pub struct JobsConfig {
     /// HTTP attempts per request of the poller and the first backoff.
     pub http_attempts: u32,
     pub http_backoff_ms: u64,
+    /// The backend's database checks for the controller's `dbstatus` and
+    /// `dbdatacheck` tasks: an argv whose last line of output is the status
+    /// (`dbdatacheck` gets the expected month as its last argument). Empty:
+    /// such a task is answered with a `NotConfigured` error.
+    pub dbstatus_command: Vec<String>,
+    pub dbdatacheck_command: Vec<String>,
 }
 
 impl Default for JobsConfig {
@@ -69,6 +75,8 @@ impl Default for JobsConfig {
             .collect(),
             http_attempts: 4,
             http_backoff_ms: 500,
+            dbstatus_command: Vec::new(),
+            dbdatacheck_command: Vec::new(),
         }
     }
 }
@@ -106,6 +114,14 @@ impl JobsConfig {
         }
         if !self.controller.is_empty() && !super::is_http_url(&self.controller) {
             return Err(layers.error("jobs.controller", "must be an http(s) URL"));
+        }
+        for (key, argv) in [
+            ("jobs.dbstatus_command", &self.dbstatus_command),
+            ("jobs.dbdatacheck_command", &self.dbdatacheck_command),
+        ] {
+            if argv.first().is_some_and(|p| !p.starts_with('/')) {
+                return Err(layers.error(key, "the program must be an absolute path"));
+            }
         }
         for t in &self.medium_allowed_types {
             if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric()) {
