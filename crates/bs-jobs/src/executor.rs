@@ -181,7 +181,7 @@ impl Executor for DockerExecutor {
 
 impl DockerExecutor {
     /// Follow a started container to its end (its log to the log file),
-    /// enforcing cancel and the time limit; then remove it.
+    /// enforcing cancel and the time limit.
     fn wait_for(&self, engine: &Engine, name: &str, req: &RunRequest<'_>) -> Result<RunResult> {
         let name = name.to_string();
         let logger = {
@@ -227,7 +227,9 @@ impl DockerExecutor {
         if !result.cancelled && (req.cancelled)() && result.exit_code != 0 {
             result.cancelled = true;
         }
-        engine.remove(&name)?;
+        // The container stays until the job is finalized (the worker
+        // removes it then): a worker killed while finalizing re-attaches
+        // to the exited container instead of running the job again.
         Ok(result)
     }
 }

@@ -197,6 +197,7 @@ pub fn recover(ctx: &Ctx<'_>) -> Result<Vec<Recovered>> {
         let swept = sweep_workspace_temps(ctx, &entry.job.workspace).unwrap_or(0);
         // Research is not killed by a restart: a container that outlived
         // its worker is waited for by the next claim, not started again.
+        // (The stage on disk stays "executing" until the entry is finished.)
         if entry.stage == "executing" && ctx.executor.exists(&entry.job.id)? {
             let id = entry.job.id.clone();
             queue.requeue_for_reattach(&lock, entry)?;
@@ -470,7 +471,9 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
         let _ = std::fs::remove_file(&log_path);
         Ok(outcome)
     })();
-    // The volume goes whatever happened; outputs are in the trees by now.
+    // The container and the volume go whatever happened; outputs are in
+    // the trees by now.
+    ctx.executor.remove(&job.id)?;
     files::remove_tree(&trees.volumes, id_os)?;
     result
 }

@@ -453,6 +453,9 @@ fn temps_a_killed_worker_left_in_both_trees_are_swept() {
     assert_eq!(code, 0, "{err} {recs:?}");
     let (state, e) = sb.finished("tmp");
     assert_eq!(state, "done", "{e:#}");
+    // Killed while finalizing, twice: the run was finalized from its exited
+    // container each time, never started again.
+    assert_eq!(e["attempts"], 1, "{e:#}");
     let left = temps();
     assert!(left.is_empty(), "temps left behind: {left:?}");
     assert!(sb.medium().join("output/t.csv").is_file());
