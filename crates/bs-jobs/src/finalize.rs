@@ -28,6 +28,8 @@ pub struct Trees {
     pub volumes: DirFd,
     /// `<high_privacy>/logs`: `YYYY-MM/os-job-<id>/` a job, as job-runner keeps them.
     pub logs: DirFd,
+    /// `<high_privacy>/archives`, where archived workspaces go (if it exists).
+    pub archives: Option<DirFd>,
     pub file_spec: FileSpec,
     pub dir_spec: FileSpec,
     pub medium_max_bytes: u64,
@@ -268,6 +270,32 @@ fn copy_input(trees: &Trees, ws: &DirFd, volume: &DirFd, rel: &str) -> Result<()
     let (dir, name) = files::open_parent(volume, Path::new(rel), &trees.dir_spec)?;
     files::write_from(&dir, name, &mut src, &trees.file_spec)?;
     Ok(())
+}
+
+/// job-runner's archive formats.
+const ARCHIVE_FORMATS: &[&str] = &[".tar.gz", ".tar.zstd", ".tar.xz"];
+
+/// A workspace that is no longer in the high tree but in
+/// `<high_privacy>/archives/<workspace>.tar.*` is refused, as job-runner
+/// refuses it: a job must not start a fresh workspace over archived work.
+pub fn archived(trees: &Trees, workspace: &str) -> Result<Option<String>> {
+    let Some(archives) = &trees.archives else {
+        return Ok(None);
+    };
+    if trees.high.stat_at(OsStr::new(workspace))?.is_some() {
+        return Ok(None);
+    }
+    for ext in ARCHIVE_FORMATS {
+        if archives
+            .stat_at(OsStr::new(&format!("{workspace}{ext}")))?
+            .is_some()
+        {
+            return Ok(Some(format!(
+                "workspace {workspace} is archived ({workspace}{ext}): restore it before running jobs in it"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 pub fn read_manifest(ws: &DirFd, workspace: &str) -> Result<Manifest> {

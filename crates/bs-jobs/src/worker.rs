@@ -108,6 +108,7 @@ impl Ctx<'_> {
             high: files::subdir_create_only(&high, OsStr::new("workspaces"), &dir_spec)?,
             volumes: files::subdir_create_only(&high, OsStr::new("volumes"), &dir_spec)?,
             logs: files::subdir_create_only(&high, OsStr::new("logs"), &dir_spec)?,
+            archives: high.open_subdir(OsStr::new("archives")).ok(),
             medium: files::subdir_create_only(&medium, OsStr::new("workspaces"), &dir_spec)?,
             file_spec: FileSpec {
                 mode: 0o640,
@@ -340,6 +341,11 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
         let inputs: BTreeSet<String> = if attach {
             entry.inputs.iter().cloned().collect()
         } else {
+            if let Some(message) = finalize::archived(&trees, &job.workspace)? {
+                let mut o = Outcome::failed("workspace_archived", message.clone(), now());
+                o.facts.status_message = Some(message);
+                return Ok(o);
+            }
             let inputs = match finalize::prepare_inputs(&trees, &job, &volume)? {
                 Ok(i) => i,
                 Err(message) => {

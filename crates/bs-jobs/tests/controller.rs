@@ -420,3 +420,27 @@ fn a_long_bad_input_is_cut_in_the_error_record() {
     assert!(line.len() < 2000, "an error record of {} bytes", line.len());
     assert!(line.contains("more bytes"), "{line}");
 }
+
+#[test]
+fn a_job_of_an_archived_workspace_is_refused_once() {
+    let ctl = FakeController::start();
+    let sb = sandbox_for(&ctl, "archived");
+    let archives = sb.root().join("srv/high_privacy/archives");
+    std::fs::create_dir_all(&archives).unwrap();
+    std::fs::write(archives.join(format!("{}.tar.xz", sb.ws)), b"x").unwrap();
+    let job = ctl.add_job(def(&sb, "late", &["true"], json!({})));
+    drive(&sb, &ctl, "noop", 2);
+    no_failures(&ctl);
+    let j = ctl.job(&job);
+    assert_eq!(
+        (j.state.as_str(), j.code.as_str()),
+        ("failed", "nonzero_exit"),
+        "{j:?}"
+    );
+    assert!(j.message.contains("archived"), "{j:?}");
+    assert_eq!(ctl.task_ids().len(), 1, "re-issued: {:?}", ctl.task_ids());
+    assert!(
+        !sb.high().exists(),
+        "a fresh workspace was started over the archived one"
+    );
+}
