@@ -32,7 +32,25 @@ pub struct RunRequest<'a> {
     /// Wait for the job's existing container (its worker died while it
     /// ran) instead of creating one: the run is not started again.
     pub attach: bool,
+    /// A database job's access: its network, the database variables
+    /// (secrets: never stored in the entry, redacted in every log) and
+    /// `/etc/hosts` entries for the database hosts.
+    pub database: Option<&'a DatabaseAccess>,
 }
+
+/// What a job with `allow_database_access` gets.
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseAccess {
+    pub network: String,
+    pub env: BTreeMap<String, String>,
+    /// `host:ip`, for the database hosts: the container has no DNS.
+    pub hosts: Vec<String>,
+}
+
+/// No resolver reaches anything from a database job: Docker's embedded DNS
+/// forwards to this address of the documentation range (RFC 5737), which
+/// goes nowhere, as job-runner does.
+const DNS_BLACKHOLE: &str = "192.0.2.0";
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunResult {
@@ -73,6 +91,9 @@ pub fn container_spec(req: &RunRequest<'_>) -> ContainerSpec {
     label_map.insert("action".to_string(), job.action.clone());
     let mut env = vec!["HOME=/tmp".to_string()];
     env.extend(job.env.iter().map(|(k, v)| format!("{k}={v}")));
+    if let Some(db) = req.database {
+        env.extend(db.env.iter().map(|(k, v)| format!("{k}={v}")));
+    }
     ContainerSpec {
         name: container_name(&job.id),
         image: job.image.clone(),
@@ -86,7 +107,11 @@ pub fn container_spec(req: &RunRequest<'_>) -> ContainerSpec {
             target: "/workspace".into(),
             read_only: false,
         }],
-        network: Some("none".into()),
+        network: Some(
+            req.database
+                .map(|d| d.network.clone())
+                .unwrap_or_else(|| "none".into()),
+        ),
         init: true,
         cap_drop: vec!["ALL".into()],
         no_new_privileges: true,
@@ -143,7 +168,17 @@ impl Executor for DockerExecutor {
             });
         }
         let spec = container_spec(req);
-        engine.create_container(&spec)?;
+        match req.database {
+            None => engine.create_container(&spec)?,
+            Some(db) => {
+                let mut body = spec.to_create_body();
+                if let Some(hc) = body.host_config.as_mut() {
+                    hc.dns = Some(vec![DNS_BLACKHOLE.to_string()]);
+                    hc.extra_hosts = Some(db.hosts.clone());
+                }
+                engine.create_container_raw(&spec.name, body)?
+            }
+        };
         // Read the settings back: a job must never run with less isolation
         // than asked for because an engine silently dropped a setting.
         if let Some(inspect) = engine.inspect(&name)? {

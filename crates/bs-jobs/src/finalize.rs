@@ -540,7 +540,12 @@ pub fn update_outputs(manifest: &mut Manifest, job: &JobSpec, filed: &Filed) {
 /// The action's log for both trees: a header saying what ran (environment
 /// values redacted), then the container's output with any environment
 /// value that appears in it redacted too.
-pub fn render_log(job: &JobSpec, output: &[u8], summary: &[(&str, String)]) -> Vec<u8> {
+pub fn render_log(
+    job: &JobSpec,
+    secrets: &BTreeMap<String, String>,
+    output: &[u8],
+    summary: &[(&str, String)],
+) -> Vec<u8> {
     let mut text = String::new();
     text.push_str(&format!(
         "job_id: {}\nworkspace: {}\naction: {}\nimage: {}\n",
@@ -555,7 +560,7 @@ pub fn render_log(job: &JobSpec, output: &[u8], summary: &[(&str, String)]) -> V
         job.commit, job.cpu, job.memory
     ));
     text.push_str("env:\n  HOME=/tmp\n");
-    for k in job.env.keys() {
+    for k in job.env.keys().chain(secrets.keys()) {
         text.push_str(&format!("  {k}=xxxx-REDACTED-xxxx\n"));
     }
     for (k, v) in summary {
@@ -563,7 +568,12 @@ pub fn render_log(job: &JobSpec, output: &[u8], summary: &[(&str, String)]) -> V
     }
     text.push_str("--- output ---\n");
     let mut body = String::from_utf8_lossy(output).into_owned();
-    for v in job.env.values().filter(|v| v.len() >= 4) {
+    for v in job
+        .env
+        .values()
+        .chain(secrets.values())
+        .filter(|v| v.len() >= 4)
+    {
         body = body.replace(v.as_str(), "xxxx-REDACTED-xxxx");
     }
     text.push_str(&body);
@@ -635,7 +645,13 @@ mod tests {
             "cpu": 1.0, "memory": 1u64 << 30}))
         .unwrap();
         job.env.insert("DB_PASSWORD".into(), "hunter22".into());
-        let log = String::from_utf8(render_log(&job, b"connecting with hunter22\n", &[])).unwrap();
+        let log = String::from_utf8(render_log(
+            &job,
+            &BTreeMap::new(),
+            b"connecting with hunter22\n",
+            &[],
+        ))
+        .unwrap();
         assert!(!log.contains("hunter22"), "{log}");
         assert!(log.contains("DB_PASSWORD=xxxx-REDACTED-xxxx"));
     }

@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod database;
 pub mod error;
 pub mod executor;
 pub mod faults;
@@ -395,6 +396,7 @@ fn bench_launch(
         time_limit: Duration::from_secs(60),
         cancelled: &never,
         attach: false,
+        database: None,
     };
     let mut spec = executor::container_spec(&req);
     spec.mounts.clear();

@@ -359,6 +359,15 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
             let _ = std::fs::remove_file(&log_path);
             inputs
         };
+        let database = match crate::database::access(ctx.root, ctx.config, &job)? {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(message)) => {
+                let mut o = Outcome::failed("database_unknown", message.clone(), now());
+                o.facts.status_message = Some(message);
+                return Ok(o);
+            }
+        };
         // Durable before the container starts: a recovery must know the
         // run began (and which files were inputs) to re-attach to it.
         set_stage(ctx, entry, "executing")?;
@@ -375,6 +384,7 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
             time_limit: Duration::from_secs(time_limit),
             cancelled: &cancelled,
             attach,
+            database: database.as_ref(),
         };
         let started = now();
         let run = ctx.executor.run(&req);
@@ -450,7 +460,8 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
             ("status", outcome.status.clone()),
             ("message", outcome.message.clone()),
         ];
-        let log = finalize::render_log(&job, &output, &summary);
+        let secrets = database.as_ref().map(|d| d.env.clone()).unwrap_or_default();
+        let log = finalize::render_log(&job, &secrets, &output, &summary);
         // A cancelled or killed run's log stays in the log directory only,
         // as job-runner keeps it; a finished one goes to both trees too.
         if ran_to_end {

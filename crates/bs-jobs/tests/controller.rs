@@ -444,3 +444,84 @@ fn a_job_of_an_archived_workspace_is_refused_once() {
         "a fresh workspace was started over the archived one"
     );
 }
+
+#[test]
+fn a_database_job_gets_its_database_url_on_the_database_network_and_no_log_holds_it() {
+    require_engine();
+    let ctl = FakeController::start();
+    let net = format!("bs-jobs-test-db-{}", std::process::id());
+    let made = Command::new("docker")
+        .args(["network", "create", "--internal", &net])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let sb = Sandbox::new(
+        "database",
+        &format!("controller = \"{}\"\nhttp_attempts = 2\ndatabase_network = \"{net}\"\n\n[http]\ntimeout_secs = 1\nconnect_timeout_secs = 1\n", ctl.url),
+    );
+    let secrets = sb.root().join("etc/bs/secrets.env");
+    let url = "mssql://user:pw-s3cr3t-42@127.0.0.1:1433/db";
+    std::fs::write(
+        &secrets,
+        format!(
+            "JOB_SERVER_TOKEN=tok-123\nDEFAULT_DATABASE_URL={url}\nTEMP_DATABASE_NAME=tempdb-xyz\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The argv holds no secret: the URL is matched by its shape.
+    let check = "case \"$DATABASE_URL\" in mssql://user:*@127.0.0.1:1433/db) ;; *) exit 9;; esac \
+                 && test \"$TEMP_DATABASE_NAME\" = tempdb-xyz \
+                 && echo \"url $DATABASE_URL\" && ls /sys/class/net";
+    let mut d = def(&sb, "db", &["sh", "-c", check], json!({}));
+    d["allow_database_access"] = json!(true);
+    d["database_name"] = json!("default");
+    let db = ctl.add_job(d);
+    let mut d = def(&sb, "nodb", &["true"], json!({}));
+    d["allow_database_access"] = json!(true);
+    d["database_name"] = json!("include_t1oo");
+    let nodb = ctl.add_job(d);
+    drive(&sb, &ctl, "docker", 3);
+    let _ = Command::new("docker")
+        .args(["network", "rm", &net])
+        .output();
+    no_failures(&ctl);
+    let j = ctl.job(&db);
+    assert_eq!(
+        (j.state.as_str(), j.code.as_str()),
+        ("succeeded", "succeeded"),
+        "{j:?}"
+    );
+    // An unknown database is an error of that job alone, answered once.
+    let j = ctl.job(&nodb);
+    assert_eq!(j.state, "failed", "{j:?}");
+    assert!(j.message.contains("include_t1oo"), "{j:?}");
+    assert_eq!(
+        ctl.task_ids()
+            .iter()
+            .filter(|t| t.starts_with(nodb.as_str()))
+            .count(),
+        1
+    );
+    // The secret is in no log, no entry, no record.
+    let log = std::fs::read_to_string(sb.high().join("metadata/db.log")).unwrap();
+    assert!(log.contains("url xxxx-REDACTED-xxxx"), "{log}");
+    assert!(log.contains("DATABASE_URL=xxxx-REDACTED-xxxx"), "{log}");
+    // On a network of its own: an interface besides lo.
+    assert!(log.contains("eth0"), "{log}");
+    let out = Command::new("grep")
+        .args(["-rl", "pw-s3cr3t-42"])
+        .arg(sb.root().join("srv"))
+        .arg(sb.root().join("var/lib/bs"))
+        .output()
+        .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "the secret leaked into {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = ctl.state.lock().unwrap();
+    assert!(!serde_json::to_string(&s.received)
+        .unwrap()
+        .contains("pw-s3cr3t"));
+}

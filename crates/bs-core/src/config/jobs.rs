@@ -47,6 +47,9 @@ pub struct JobsConfig {
     /// such a task is answered with a `NotConfigured` error.
     pub dbstatus_command: Vec<String>,
     pub dbdatacheck_command: Vec<String>,
+    /// The engine network of jobs with database access (job-runner's
+    /// `jobrunner-db`); its firewall lets it reach only the databases.
+    pub database_network: String,
 }
 
 impl Default for JobsConfig {
@@ -77,6 +80,7 @@ impl Default for JobsConfig {
             http_backoff_ms: 500,
             dbstatus_command: Vec::new(),
             dbdatacheck_command: Vec::new(),
+            database_network: "jobrunner-db".into(),
         }
     }
 }
@@ -122,6 +126,17 @@ impl JobsConfig {
             if argv.first().is_some_and(|p| !p.starts_with('/')) {
                 return Err(layers.error(key, "the program must be an absolute path"));
             }
+        }
+        if self.database_network.is_empty()
+            || matches!(
+                self.database_network.as_str(),
+                "none" | "host" | "bridge" | "default"
+            )
+        {
+            return Err(layers.error(
+                "jobs.database_network",
+                "must name the database network (not none, host, bridge or default)",
+            ));
         }
         for t in &self.medium_allowed_types {
             if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric()) {
