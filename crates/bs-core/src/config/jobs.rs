@@ -47,8 +47,9 @@ pub struct JobsConfig {
     /// such a task is answered with a `NotConfigured` error.
     pub dbstatus_command: Vec<String>,
     pub dbdatacheck_command: Vec<String>,
-    /// The engine network of jobs with database access (job-runner's
-    /// `jobrunner-db`); its firewall lets it reach only the databases.
+    /// The engine network of jobs with database access (`[docker.networks]`
+    /// declares it; job-runner's `jobrunner-db`); its firewall lets it
+    /// reach only the databases.
     pub database_network: String,
 }
 
@@ -80,7 +81,7 @@ impl Default for JobsConfig {
             http_backoff_ms: 500,
             dbstatus_command: Vec::new(),
             dbdatacheck_command: Vec::new(),
-            database_network: "jobrunner-db".into(),
+            database_network: "jobs-db".into(),
         }
     }
 }
