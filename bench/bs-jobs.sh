@@ -64,3 +64,54 @@ done
 echo "launch: $rounds runs: bs-jobs $(calc "1000 * $b_total / $rounds" .0f) ms," \
     "docker run --rm $(calc "1000 * $d_total / $rounds" .0f) ms a launch;" \
     "ratio $(calc "$b_total / $d_total" .2f)x (target <= 1.2x)"
+
+# --- 3. re-attach ---------------------------------------------------------------------------------
+# BENCH_REATTACH (default 20) jobs run in their containers; the worker is SIGKILLed and started
+# again: the time until every job is claimed again (re-attached to its container, none started
+# anew), then every job must end once, in its original container.
+n=${BENCH_REATTACH:-20}
+mkdir -p "$work/ra/etc/bs" "$work/ra/var/run"
+ln -s /var/run/docker.sock "$work/ra/var/run/docker.sock"
+printf '[jobs]\ndefault_memory = "64m"\ndefault_cpu = 0.1\n' >"$work/ra/etc/bs/local.toml"
+bsr() { "$bin/bs-jobs" --root "$work/ra" --repo "$PWD" --backend test "$@"; }
+ws="bench-ra-$$"
+python3 - "$n" "$image" "$ws" >"$work/ra.jsonl" <<'PY'
+import json, sys
+n, image, ws = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+for i in range(n):
+    print(json.dumps({"id": f"{ws}-{i}", "workspace": ws, "action": f"a{i}", "image": image,
+                      "command": ["sh", "-c", f"sleep 20; hostname > out{i}.txt"],
+                      "outputs": {"highly_sensitive": [f"out{i}.txt"]}}))
+PY
+bsr submit "$work/ra.jsonl" >/dev/null
+running() { docker ps -q --filter "label=bs.job.workspace=$ws" | wc -l; }
+bsr work --forever --max-workers "$n" >/dev/null 2>&1 &
+worker=$!
+for ((i = 0; i < 600 && $(running) < n; i++)); do sleep 0.1; done
+[ "$(running)" -eq "$n" ] || { kill -9 "$worker"; echo "bench: only $(running) of $n jobs started" >&2; exit 1; }
+before=$(docker ps -q --no-trunc --filter "label=bs.job.workspace=$ws" | sort)
+kill -9 "$worker"; wait "$worker" 2>/dev/null || true
+r0=$(now)
+bsr work --once --max-workers "$n" >"$work/ra.json" &
+again=$!
+running_entries() { find "$work/ra/var/lib/bs/jobs/running" -name '*.json' | wc -l; }
+for ((i = 0; i < 600; i++)); do
+    [ "$(jq -s '[.[] | select(.type == "recovered")] | length' "$work/ra.json" 2>/dev/null)" -eq "$n" ] &&
+        [ "$(running_entries)" -eq "$n" ] && break
+    sleep 0.05
+done
+r1=$(now)
+wait "$again"
+after=$(docker ps -aq --no-trunc --filter "label=bs.job.workspace=$ws" | sort)
+[ -z "$after" ] || { echo "bench: containers left behind" >&2; exit 1; }
+kept=$(jq -s '[.[] | select(.type == "recovered" and .container_removed == false)] | length' "$work/ra.json")
+once=$(cat "$work/ra/var/lib/bs/jobs/done/"*.json | jq -s '[.[] | select(.attempts == 1)] | length')
+# Each job's output names the container it ran in: one of those running before the kill.
+same=$(cat "$work/ra/srv/high_privacy/workspaces/$ws"/out*.txt |
+    while read -r h; do grep -c "^$h" <<<"$before"; done | grep -c '^1$' || true)
+if [ "$kept" -ne "$n" ] || [ "$once" -ne "$n" ] || [ "$same" -ne "$n" ]; then
+    echo "bench: re-attach kept $kept containers; $once of $n jobs ran once, $same in their original container" >&2
+    exit 1
+fi
+echo "reattach: $n running jobs, worker SIGKILLed: all re-attached in $(calc "$r1 - $r0" .2f) s," \
+    "$kept containers kept, $once jobs ended once (attempt 1), $same in their original container"

@@ -26,12 +26,31 @@ pub enum JobsError {
 }
 
 impl JobsError {
+    /// Field paths and messages can carry the input itself (an unknown
+    /// key, a bad value): both are cut to a readable prefix, so a 50 MB
+    /// line never lands whole in an error record.
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> JobsError {
         JobsError::Invalid {
-            field: field.into(),
-            message: message.into(),
+            field: clip(&field.into(), MAX_FIELD),
+            message: clip(&message.into(), MAX_MESSAGE),
         }
     }
+}
+
+const MAX_FIELD: usize = 200;
+const MAX_MESSAGE: usize = 500;
+
+/// At most `max` bytes of `s` (on a character boundary), with how much
+/// was left out when anything was.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} more bytes)", &s[..end], s.len() - end)
 }
 
 impl bs_core::cli::Report for JobsError {

@@ -29,7 +29,28 @@ pub struct RunRequest<'a> {
     pub time_limit: Duration,
     /// Polled while the job runs: true when someone asked to cancel it.
     pub cancelled: &'a dyn Fn() -> bool,
+    /// Wait for the job's existing container (its worker died while it
+    /// ran) instead of creating one: the run is not started again.
+    pub attach: bool,
+    /// A database job's access: its network, the database variables
+    /// (secrets: never stored in the entry, redacted in every log) and
+    /// `/etc/hosts` entries for the database hosts.
+    pub database: Option<&'a DatabaseAccess>,
 }
+
+/// What a job with `allow_database_access` gets.
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseAccess {
+    pub network: String,
+    pub env: BTreeMap<String, String>,
+    /// `host:ip`, for the database hosts: the container has no DNS.
+    pub hosts: Vec<String>,
+}
+
+/// No resolver reaches anything from a database job: Docker's embedded DNS
+/// forwards to this address of the documentation range (RFC 5737), which
+/// goes nowhere, as job-runner does.
+const DNS_BLACKHOLE: &str = "192.0.2.0";
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunResult {
@@ -39,6 +60,10 @@ pub struct RunResult {
     pub cancelled: bool,
     /// Settings the engine did not apply (the job was not started then).
     pub refused: Option<String>,
+    /// The engine's id of the image the container ran.
+    pub image_id: Option<String>,
+    /// The container's labels (the image's, with ours on top).
+    pub labels: BTreeMap<String, String>,
 }
 
 pub trait Executor: Sync {
@@ -47,6 +72,8 @@ pub trait Executor: Sync {
     fn remove(&self, job_id: &str) -> Result<bool>;
     /// Kill a job's running container; false when none runs.
     fn kill(&self, job_id: &str) -> Result<bool>;
+    /// Whether the job's container exists (running or exited, not removed).
+    fn exists(&self, job_id: &str) -> Result<bool>;
 }
 
 /// The hardened container of a job, as the engine is asked to create it.
@@ -57,8 +84,16 @@ pub fn container_spec(req: &RunRequest<'_>) -> ContainerSpec {
     label_map.insert(labels::JOB_WORKSPACE.to_string(), job.workspace.clone());
     label_map.insert(labels::JOB_ACTION.to_string(), job.action.clone());
     label_map.insert(labels::MANAGED_BY.to_string(), "bs-jobs".to_string());
+    // job-runner's own labels, so operators' `docker ps --filter
+    // label=job-runner` (and workspace=, action=) habits keep working.
+    label_map.insert("job-runner".to_string(), String::new());
+    label_map.insert("workspace".to_string(), job.workspace.clone());
+    label_map.insert("action".to_string(), job.action.clone());
     let mut env = vec!["HOME=/tmp".to_string()];
     env.extend(job.env.iter().map(|(k, v)| format!("{k}={v}")));
+    if let Some(db) = req.database {
+        env.extend(db.env.iter().map(|(k, v)| format!("{k}={v}")));
+    }
     ContainerSpec {
         name: container_name(&job.id),
         image: job.image.clone(),
@@ -72,7 +107,11 @@ pub fn container_spec(req: &RunRequest<'_>) -> ContainerSpec {
             target: "/workspace".into(),
             read_only: false,
         }],
-        network: Some("none".into()),
+        network: Some(
+            req.database
+                .map(|d| d.network.clone())
+                .unwrap_or_else(|| "none".into()),
+        ),
         init: true,
         cap_drop: vec!["ALL".into()],
         no_new_privileges: true,
@@ -103,6 +142,20 @@ impl Executor for DockerExecutor {
     fn run(&self, req: &RunRequest<'_>) -> Result<RunResult> {
         let engine = self.engine()?;
         let name = container_name(&req.job.id);
+        if req.attach {
+            let Some(inspect) = engine.inspect(&name)? else {
+                return Err(JobsError::State {
+                    id: req.job.id.clone(),
+                    message: "its container is gone; it cannot be re-attached".into(),
+                });
+            };
+            // Created but never started (the worker died in between).
+            let status = inspect.state.and_then(|s| s.status).map(|s| s.to_string());
+            if status.as_deref() == Some("created") {
+                engine.start(&name)?;
+            }
+            return self.wait_for(&engine, &name, req);
+        }
         // A container of an earlier attempt (the worker died) goes first.
         engine.remove(&name)?;
         if engine.image_id(&req.job.image)?.is_none() {
@@ -115,7 +168,17 @@ impl Executor for DockerExecutor {
             });
         }
         let spec = container_spec(req);
-        engine.create_container(&spec)?;
+        match req.database {
+            None => engine.create_container(&spec)?,
+            Some(db) => {
+                let mut body = spec.to_create_body();
+                if let Some(hc) = body.host_config.as_mut() {
+                    hc.dns = Some(vec![DNS_BLACKHOLE.to_string()]);
+                    hc.extra_hosts = Some(db.hosts.clone());
+                }
+                engine.create_container_raw(&spec.name, body)?
+            }
+        };
         // Read the settings back: a job must never run with less isolation
         // than asked for because an engine silently dropped a setting.
         if let Some(inspect) = engine.inspect(&name)? {
@@ -129,6 +192,33 @@ impl Executor for DockerExecutor {
             }
         }
         engine.start(&name)?;
+        self.wait_for(&engine, &name, req)
+    }
+
+    fn remove(&self, job_id: &str) -> Result<bool> {
+        Ok(self.engine()?.remove(&container_name(job_id))?)
+    }
+
+    fn kill(&self, job_id: &str) -> Result<bool> {
+        let engine = self.engine()?;
+        let name = container_name(job_id);
+        match engine.kill(&name, "KILL") {
+            Ok(()) => Ok(true),
+            Err(e) if e.is_not_found() || e.status() == Some(409) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn exists(&self, job_id: &str) -> Result<bool> {
+        Ok(self.engine()?.inspect(&container_name(job_id))?.is_some())
+    }
+}
+
+impl DockerExecutor {
+    /// Follow a started container to its end (its log to the log file),
+    /// enforcing cancel and the time limit.
+    fn wait_for(&self, engine: &Engine, name: &str, req: &RunRequest<'_>) -> Result<RunResult> {
+        let name = name.to_string();
         let logger = {
             let socket = self.socket.clone();
             let name = name.clone();
@@ -159,6 +249,12 @@ impl Executor for DockerExecutor {
             if let Some(code) = state.exit_code {
                 result.exit_code = code;
             }
+            result.image_id = inspect.image.clone();
+            result.labels = inspect
+                .config
+                .and_then(|c| c.labels)
+                .map(|l| l.into_iter().collect())
+                .unwrap_or_default();
         }
         // The log stream ends when the container stops.
         let _ = logger.join();
@@ -166,22 +262,10 @@ impl Executor for DockerExecutor {
         if !result.cancelled && (req.cancelled)() && result.exit_code != 0 {
             result.cancelled = true;
         }
-        engine.remove(&name)?;
+        // The container stays until the job is finalized (the worker
+        // removes it then): a worker killed while finalizing re-attaches
+        // to the exited container instead of running the job again.
         Ok(result)
-    }
-
-    fn remove(&self, job_id: &str) -> Result<bool> {
-        Ok(self.engine()?.remove(&container_name(job_id))?)
-    }
-
-    fn kill(&self, job_id: &str) -> Result<bool> {
-        let engine = self.engine()?;
-        let name = container_name(job_id);
-        match engine.kill(&name, "KILL") {
-            Ok(()) => Ok(true),
-            Err(e) if e.is_not_found() || e.status() == Some(409) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
     }
 }
 
@@ -200,6 +284,10 @@ impl Executor for NoopExecutor {
     }
 
     fn kill(&self, _job_id: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn exists(&self, _job_id: &str) -> Result<bool> {
         Ok(false)
     }
 }

@@ -145,6 +145,8 @@ pub fn write_from_opts(
         }
         set_owner_mode(&file, &tmp_path, spec)?;
         file.sync_all().map_err(|e| CoreError::io(&tmp_path, e))?;
+        // Test hook: a worker killed with a temp written, not yet renamed.
+        crate::faults::crash_point("before_rename");
         rustix::fs::renameat(dir.fd(), &tmp, dir.fd(), name)
             .map_err(|e| CoreError::io(dir.path().join(name), e.into()))?;
         if dir_sync {
@@ -262,6 +264,40 @@ fn walk_into(
         }
     }
     Ok(())
+}
+
+/// The pid in a temp name [`write_from`] made (`.<name>.<pid>-<n>.bs-tmp`).
+pub fn temp_pid(name: &OsStr) -> Option<u32> {
+    let s = std::str::from_utf8(name.as_bytes()).ok()?;
+    let stem = s.strip_prefix('.')?.strip_suffix(".bs-tmp")?;
+    let (_, tail) = stem.rsplit_once('.')?;
+    let (pid, n) = tail.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Remove the temps a killed worker left below `dir` (never following a
+/// symlink): every `write_from` temp whose pid is not in `live`.
+/// Returns how many went.
+pub fn sweep_temps(dir: &DirFd, live: &[u32], depth: usize) -> Result<usize> {
+    let mut n = 0;
+    if depth > 64 {
+        return Ok(0);
+    }
+    for (name, kind) in dir.entries()? {
+        match kind {
+            Kind::Dir => n += sweep_temps(&dir.open_subdir(&name)?, live, depth + 1)?,
+            Kind::File => {
+                if let Some(pid) = temp_pid(&name) {
+                    if !live.contains(&pid) && dir.remove_if_exists(&name)? {
+                        n += 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(n)
 }
 
 /// Remove a directory tree below `parent` by descriptor, never following

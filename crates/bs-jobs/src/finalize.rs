@@ -12,7 +12,6 @@ use bs_core::safefs::{DirFd, FileSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::clock::rfc3339;
 use crate::error::Result;
 use crate::executor::RunResult;
 use crate::files;
@@ -27,6 +26,10 @@ pub struct Trees {
     pub medium: DirFd,
     /// `<high>/volumes`
     pub volumes: DirFd,
+    /// `<high_privacy>/logs`: `YYYY-MM/os-job-<id>/` a job, as job-runner keeps them.
+    pub logs: DirFd,
+    /// `<high_privacy>/archives`, where archived workspaces go (if it exists).
+    pub archives: Option<DirFd>,
     pub file_spec: FileSpec,
     pub dir_spec: FileSpec,
     pub medium_max_bytes: u64,
@@ -35,33 +38,56 @@ pub struct Trees {
 }
 
 /// One output in the manifest.
+/// One output in the manifest, with job-runner's keys and types: Airlock
+/// calls `int()` on `timestamp` (the file's mtime, a number) and reads
+/// `content_hash` and `repo`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ManifestOutput {
     pub level: Level,
     pub job_id: String,
+    #[serde(default)]
+    pub job_request: String,
     pub action: String,
+    #[serde(default)]
+    pub repo: String,
     pub commit: String,
+    #[serde(default)]
+    pub user: Option<String>,
     pub size: u64,
-    pub timestamp: String,
-    pub sha256: String,
-    /// Not copied to the medium tree (always false for highly_sensitive,
-    /// which never goes there).
+    #[serde(deserialize_with = "number_or_zero")]
+    pub timestamp: f64,
+    /// sha256 hex of the content (older bs-jobs manifests said `sha256`).
+    #[serde(alias = "sha256")]
+    pub content_hash: String,
     pub excluded: bool,
-    pub message: String,
+    #[serde(default)]
+    pub message: Option<String>,
     pub row_count: Option<u64>,
     pub col_count: Option<u64>,
+    /// A later run of the same action did not produce this file again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_date_output: Option<bool>,
+    /// The action is no longer in the study's project.yaml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_of_date_action: Option<bool>,
 }
 
+/// Older bs-jobs manifests held an RFC 3339 string: read it as unknown
+/// (0) rather than refuse the whole manifest.
+fn number_or_zero<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Value::deserialize(d)?.as_f64().unwrap_or(0.0))
+}
+
+/// `<workspace>/metadata/manifest.json` as job-runner writes it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Manifest {
     pub workspace: String,
     #[serde(default)]
-    pub actions: BTreeMap<String, Value>,
+    pub repo: Option<String>,
     #[serde(default)]
     pub outputs: BTreeMap<String, ManifestOutput>,
 }
 
-/// A failure decided by finalize: code and message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
     pub code: &'static str,
@@ -188,7 +214,7 @@ pub fn prepare_inputs(
     volume: &DirFd,
 ) -> Result<std::result::Result<BTreeSet<String>, String>> {
     let mut inputs = BTreeSet::new();
-    if job.dependencies.is_empty() {
+    if job.dependencies.is_empty() && job.origin.input_job_ids.is_empty() {
         return Ok(Ok(inputs));
     }
     let ws = match trees.high.open_beneath(Path::new(&job.workspace)) {
@@ -215,13 +241,61 @@ pub fn prepare_inputs(
             )));
         }
         for rel in outs {
-            let (mut src, _) = files::open_regular(&ws, Path::new(rel))?;
-            let (dir, name) = files::open_parent(volume, Path::new(rel), &trees.dir_spec)?;
-            files::write_from(&dir, name, &mut src, &trees.file_spec)?;
+            copy_input(trees, &ws, volume, rel)?;
+            inputs.insert(rel.clone());
+        }
+    }
+    // The controller names the jobs whose outputs are inputs (job-runner's
+    // input_job_ids): their outputs as the manifest lists them.
+    for input_job in &job.origin.input_job_ids {
+        let outs: Vec<&String> = manifest
+            .outputs
+            .iter()
+            .filter(|(_, o)| &o.job_id == input_job && o.out_of_date_output != Some(true))
+            .map(|(p, _)| p)
+            .collect();
+        for rel in outs {
+            if inputs.contains(rel) {
+                continue;
+            }
+            copy_input(trees, &ws, volume, rel)?;
             inputs.insert(rel.clone());
         }
     }
     Ok(Ok(inputs))
+}
+
+fn copy_input(trees: &Trees, ws: &DirFd, volume: &DirFd, rel: &str) -> Result<()> {
+    let (mut src, _) = files::open_regular(ws, Path::new(rel))?;
+    let (dir, name) = files::open_parent(volume, Path::new(rel), &trees.dir_spec)?;
+    files::write_from(&dir, name, &mut src, &trees.file_spec)?;
+    Ok(())
+}
+
+/// job-runner's archive formats.
+const ARCHIVE_FORMATS: &[&str] = &[".tar.gz", ".tar.zstd", ".tar.xz"];
+
+/// A workspace that is no longer in the high tree but in
+/// `<high_privacy>/archives/<workspace>.tar.*` is refused, as job-runner
+/// refuses it: a job must not start a fresh workspace over archived work.
+pub fn archived(trees: &Trees, workspace: &str) -> Result<Option<String>> {
+    let Some(archives) = &trees.archives else {
+        return Ok(None);
+    };
+    if trees.high.stat_at(OsStr::new(workspace))?.is_some() {
+        return Ok(None);
+    }
+    for ext in ARCHIVE_FORMATS {
+        if archives
+            .stat_at(OsStr::new(&format!("{workspace}{ext}")))?
+            .is_some()
+        {
+            return Ok(Some(format!(
+                "workspace {workspace} is archived ({workspace}{ext}): restore it before running jobs in it"
+            )));
+        }
+    }
+    Ok(None)
 }
 
 pub fn read_manifest(ws: &DirFd, workspace: &str) -> Result<Manifest> {
@@ -255,6 +329,7 @@ pub fn file_outputs(
 ) -> Result<Filed> {
     let high_ws = files::ensure_dirs(&trees.high, Path::new(&job.workspace), &trees.dir_spec)?;
     let medium_ws = files::ensure_dirs(&trees.medium, Path::new(&job.workspace), &trees.dir_spec)?;
+    let rules = Level4::of(trees, job);
     let mut filed = Filed::default();
     for (rel, level) in matched {
         let relp = Path::new(rel);
@@ -278,43 +353,61 @@ pub fn file_outputs(
         } else {
             (None, None)
         };
+        let timestamp = match dir.stat_at(name)? {
+            Some(st) => st.st_mtime as f64 + st.st_mtime_nsec as f64 / 1e9,
+            None => now_ns as f64 / 1e9,
+        };
         let mut out = ManifestOutput {
             level: *level,
             job_id: job.id.clone(),
+            job_request: job.origin.rap_id.clone(),
             action: job.action.clone(),
+            repo: job.origin.repo.clone(),
             commit: job.commit.clone(),
+            user: job.origin.user.clone(),
             size: copied.size,
-            timestamp: rfc3339(now_ns),
-            sha256: copied.sha256,
+            timestamp,
+            content_hash: copied.sha256,
             excluded: false,
-            message: String::new(),
+            message: None,
             row_count,
             col_count,
+            out_of_date_output: None,
+            out_of_date_action: None,
         };
         if *level == Level::ModeratelySensitive {
-            let problem = medium_problem(trees, rel, &out, &probe.first_line);
+            let problem = medium_problem(&rules, rel, &out, &probe.first_line);
+            let mut txt = rel.clone();
+            txt.push_str(".txt");
             match problem {
                 None => {
+                    // A note of an earlier run that excluded it is stale now.
+                    let (tdir, tname) =
+                        files::open_parent(&medium_ws, Path::new(&txt), &trees.dir_spec)?;
+                    tdir.remove_if_exists(tname)?;
                     let (mut again, _) = files::open_regular(&high_ws, relp)?;
                     let (mdir, mname) = files::open_parent(&medium_ws, relp, &trees.dir_spec)?;
                     let second = files::write_from(&mdir, mname, &mut again, &trees.file_spec)?;
-                    if second.sha256 != out.sha256 {
+                    if second.sha256 != out.content_hash {
                         out.excluded = true;
-                        out.message =
-                            "changed while being copied; not released to the medium tree".into();
+                        out.message = Some(
+                            "changed while being copied; not released to the medium tree".into(),
+                        );
                         mdir.remove_if_exists(mname)?;
                     }
                 }
                 Some(reason) => {
                     out.excluded = true;
-                    out.message = reason.clone();
+                    out.message = Some(reason.clone());
+                    // The copy an earlier run released must not stay
+                    // beside a note saying it was not released.
+                    let (mdir, mname) = files::open_parent(&medium_ws, relp, &trees.dir_spec)?;
+                    mdir.remove_if_exists(mname)?;
                     let note = format!(
                         "{rel} was not copied to the medium privacy workspace: {reason}.\n\
                          It is in the high privacy workspace (sha256 {}).\n",
-                        out.sha256
+                        out.content_hash
                     );
-                    let mut txt = rel.clone();
-                    txt.push_str(".txt");
                     files::write_rel(
                         &medium_ws,
                         Path::new(&txt),
@@ -331,25 +424,61 @@ pub fn file_outputs(
 }
 
 /// Why a moderately_sensitive file may not go to the medium tree.
-fn medium_problem(trees: &Trees, rel: &str, out: &ManifestOutput, header: &[u8]) -> Option<String> {
-    if out.size > trees.medium_max_bytes {
+/// The level-4 rules a job's outputs are judged by: the task's own
+/// (job-runner's level4_* fields), else the backend's configured ones.
+struct Level4 {
+    max_bytes: u64,
+    max_rows: u64,
+    /// Lower-case extensions without the dot.
+    types: Vec<String>,
+}
+
+impl Level4 {
+    fn of(trees: &Trees, job: &JobSpec) -> Level4 {
+        match &job.origin.level4 {
+            Some(r) => Level4 {
+                max_bytes: r.max_filesize,
+                max_rows: r.max_csv_rows,
+                types: r
+                    .file_types
+                    .iter()
+                    .map(|t| t.trim_start_matches('.').to_ascii_lowercase())
+                    .collect(),
+            },
+            None => Level4 {
+                max_bytes: trees.medium_max_bytes,
+                max_rows: trees.medium_max_csv_rows,
+                types: trees
+                    .medium_allowed_types
+                    .iter()
+                    .map(|t| t.trim_start_matches('.').to_ascii_lowercase())
+                    .collect(),
+            },
+        }
+    }
+}
+
+fn medium_problem(
+    rules: &Level4,
+    rel: &str,
+    out: &ManifestOutput,
+    header: &[u8],
+) -> Option<String> {
+    if out.size > rules.max_bytes {
         return Some(format!(
             "it is {} bytes, over the limit of {} bytes",
-            out.size, trees.medium_max_bytes
+            out.size, rules.max_bytes
         ));
     }
     let ext = extension(rel);
-    let allowed = ext.as_ref().is_some_and(|e| {
-        trees
-            .medium_allowed_types
-            .iter()
-            .any(|a| a.eq_ignore_ascii_case(e))
-    });
+    let allowed = ext
+        .as_ref()
+        .is_some_and(|e| rules.types.iter().any(|a| a == e));
     if !allowed {
         return Some(format!(
             "files of type {} are not allowed there (allowed: {})",
             ext.unwrap_or_else(|| "(none)".into()),
-            trees.medium_allowed_types.join(", ")
+            rules.types.join(", ")
         ));
     }
     if ext.as_deref() == Some("csv") {
@@ -357,10 +486,10 @@ fn medium_problem(trees: &Trees, rel: &str, out: &ManifestOutput, header: &[u8])
             return Some("it has a patient_id column".into());
         }
         if let Some(rows) = out.row_count {
-            if rows > trees.medium_max_csv_rows {
+            if rows > rules.max_rows {
                 return Some(format!(
                     "it has {rows} rows, over the limit of {}",
-                    trees.medium_max_csv_rows
+                    rules.max_rows
                 ));
             }
         }
@@ -370,32 +499,18 @@ fn medium_problem(trees: &Trees, rel: &str, out: &ManifestOutput, header: &[u8])
 
 /// Update the manifests of both trees (call with the queue lock held, so
 /// two jobs finishing in one workspace do not lose each other's entries).
-pub fn write_manifests(
-    trees: &Trees,
-    job: &JobSpec,
-    filed: &Filed,
-    status: &str,
-    now_ns: i128,
-) -> Result<()> {
-    let action_record = serde_json::json!({
-        "job_id": job.id,
-        "status": status,
-        "commit": job.commit,
-        "timestamp": rfc3339(now_ns),
-    });
-    for (top, medium) in [(&trees.high, false), (&trees.medium, true)] {
+pub fn write_manifests(trees: &Trees, job: &JobSpec, filed: &Filed) -> Result<()> {
+    // The same manifest in both trees: job-runner's in the medium one
+    // (Airlock and bs-release read it; it lists every output, as
+    // job-runner's does), ours in the high one (inputs of later jobs).
+    for top in [&trees.high, &trees.medium] {
         let ws = files::ensure_dirs(top, Path::new(&job.workspace), &trees.dir_spec)?;
         let mut manifest = read_manifest(&ws, &job.workspace)?;
         manifest.workspace = job.workspace.clone();
-        manifest
-            .actions
-            .insert(job.action.clone(), action_record.clone());
-        for (rel, out) in &filed.outputs {
-            if medium && out.level != Level::ModeratelySensitive {
-                continue;
-            }
-            manifest.outputs.insert(rel.clone(), out.clone());
+        if !job.origin.repo.is_empty() {
+            manifest.repo = Some(job.origin.repo.clone());
         }
+        update_outputs(&mut manifest, job, filed);
         let mut bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
         bytes.push(b'\n');
         files::write_rel(
@@ -409,10 +524,28 @@ pub fn write_manifests(
     Ok(())
 }
 
+/// A finished run's outputs replace the action's earlier ones; those it
+/// did not produce again stay listed, marked `out_of_date_output`.
+pub fn update_outputs(manifest: &mut Manifest, job: &JobSpec, filed: &Filed) {
+    for (rel, out) in manifest.outputs.iter_mut() {
+        if out.action == job.action && !filed.outputs.contains_key(rel) {
+            out.out_of_date_output = Some(true);
+        }
+    }
+    for (rel, out) in &filed.outputs {
+        manifest.outputs.insert(rel.clone(), out.clone());
+    }
+}
+
 /// The action's log for both trees: a header saying what ran (environment
 /// values redacted), then the container's output with any environment
 /// value that appears in it redacted too.
-pub fn render_log(job: &JobSpec, output: &[u8], summary: &[(&str, String)]) -> Vec<u8> {
+pub fn render_log(
+    job: &JobSpec,
+    secrets: &BTreeMap<String, String>,
+    output: &[u8],
+    summary: &[(&str, String)],
+) -> Vec<u8> {
     let mut text = String::new();
     text.push_str(&format!(
         "job_id: {}\nworkspace: {}\naction: {}\nimage: {}\n",
@@ -427,7 +560,7 @@ pub fn render_log(job: &JobSpec, output: &[u8], summary: &[(&str, String)]) -> V
         job.commit, job.cpu, job.memory
     ));
     text.push_str("env:\n  HOME=/tmp\n");
-    for k in job.env.keys() {
+    for k in job.env.keys().chain(secrets.keys()) {
         text.push_str(&format!("  {k}=xxxx-REDACTED-xxxx\n"));
     }
     for (k, v) in summary {
@@ -435,7 +568,12 @@ pub fn render_log(job: &JobSpec, output: &[u8], summary: &[(&str, String)]) -> V
     }
     text.push_str("--- output ---\n");
     let mut body = String::from_utf8_lossy(output).into_owned();
-    for v in job.env.values().filter(|v| v.len() >= 4) {
+    for v in job
+        .env
+        .values()
+        .chain(secrets.values())
+        .filter(|v| v.len() >= 4)
+    {
         body = body.replace(v.as_str(), "xxxx-REDACTED-xxxx");
     }
     text.push_str(&body);
@@ -451,6 +589,37 @@ pub fn write_logs(trees: &Trees, job: &JobSpec, log: &[u8]) -> Result<()> {
         let (dir, name) = files::open_parent(&ws, Path::new(&rel), &trees.dir_spec)?;
         files::write_from_opts(&dir, name, &mut &log[..], &trees.file_spec, false)?;
     }
+    Ok(())
+}
+
+/// `<high_privacy>/logs/YYYY-MM/os-job-<id>/{logs.txt,metadata.json}` as
+/// job-runner keeps them (the month the job was created): the log, and the
+/// job's metadata with the container's labels and its environment's names
+/// (never a value).
+pub fn write_job_log_dir(
+    trees: &Trees,
+    job: &JobSpec,
+    log: &[u8],
+    metadata: &Value,
+    created_ns: i128,
+) -> Result<()> {
+    let month: String = crate::clock::rfc3339(created_ns).chars().take(7).collect();
+    let rel = Path::new(&month).join(crate::executor::container_name(&job.id));
+    let dir = files::ensure_dirs(&trees.logs, &rel, &trees.dir_spec)?;
+    files::write_from(
+        &dir,
+        OsStr::new("logs.txt"),
+        &mut &log[..],
+        &trees.file_spec,
+    )?;
+    let mut bytes = serde_json::to_vec_pretty(metadata).unwrap_or_default();
+    bytes.push(b'\n');
+    files::write_from(
+        &dir,
+        OsStr::new("metadata.json"),
+        &mut &bytes[..],
+        &trees.file_spec,
+    )?;
     Ok(())
 }
 
@@ -476,7 +645,13 @@ mod tests {
             "cpu": 1.0, "memory": 1u64 << 30}))
         .unwrap();
         job.env.insert("DB_PASSWORD".into(), "hunter22".into());
-        let log = String::from_utf8(render_log(&job, b"connecting with hunter22\n", &[])).unwrap();
+        let log = String::from_utf8(render_log(
+            &job,
+            &BTreeMap::new(),
+            b"connecting with hunter22\n",
+            &[],
+        ))
+        .unwrap();
         assert!(!log.contains("hunter22"), "{log}");
         assert!(log.contains("DB_PASSWORD=xxxx-REDACTED-xxxx"));
     }

@@ -15,13 +15,16 @@
 
 pub mod cli;
 pub mod clock;
+pub mod database;
 pub mod error;
 pub mod executor;
+pub mod faults;
 pub mod files;
 pub mod finalize;
 pub mod glob;
 pub mod poller;
 pub mod queue;
+pub mod results;
 pub mod spec;
 pub mod units;
 pub mod worker;
@@ -45,12 +48,12 @@ use crate::error::Result;
 use crate::executor::{DockerExecutor, Executor, NoopExecutor};
 use crate::queue::{Queue, State};
 
-/// The engine socket: `DOCKER_HOST=unix://...` when set, else the default.
-pub fn docker_socket() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| h.starts_with("unix://"))
-        .unwrap_or_else(|| bs_engine::DEFAULT_SOCKET.to_string())
+/// The engine's socket: `[docker] socket` joined under the root, as
+/// bs-docker reaches it (a sandbox root links it to the real one).
+pub fn docker_socket(root: &Root, config: &Config) -> String {
+    root.join(&config.docker.socket)
+        .to_string_lossy()
+        .into_owned()
 }
 
 pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
@@ -74,7 +77,7 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
             let noop = NoopExecutor;
             let exec: &dyn Executor = match executor {
                 ExecutorKind::Docker => {
-                    docker = DockerExecutor::new(docker_socket());
+                    docker = DockerExecutor::new(docker_socket(&root, &config));
                     &docker
                 }
                 ExecutorKind::Noop => &noop,
@@ -100,7 +103,7 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
         }
         Command::Cancel { id } => {
             let queue = Queue::open(&root, &config.jobs.state_dir)?;
-            let exec = DockerExecutor::new(docker_socket());
+            let exec = DockerExecutor::new(docker_socket(&root, &config));
             let fate = poller::cancel(&queue, &exec, &id, &clock)?;
             out.item(
                 "job",
@@ -185,7 +188,7 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
             )?;
             Ok(Map::new())
         }
-        Command::BenchLaunch { image, count } => bench_launch(&config, out, &image, count),
+        Command::BenchLaunch { image, count } => bench_launch(&root, &config, out, &image, count),
     }
 }
 
@@ -287,7 +290,8 @@ fn poll(
         url: config.jobs.controller.clone(),
         message: e.to_string(),
     })?;
-    let exec = DockerExecutor::new(docker_socket());
+    let exec = DockerExecutor::new(docker_socket(root, config));
+    let runner = SystemRunner::new(root);
     let poller = poller::Poller {
         config,
         queue: &queue,
@@ -295,6 +299,7 @@ fn poll(
         token,
         clock,
         executor: &exec,
+        runner: &runner,
     };
     match every {
         None => poller.poll_once(out),
@@ -357,12 +362,13 @@ fn ls(queue: &Queue, out: &mut Output, only: Option<StateArg>, clock: &dyn Clock
 }
 
 fn bench_launch(
+    root: &Root,
     config: &Config,
     out: &mut Output,
     image: &str,
     count: u32,
 ) -> Result<Map<String, Value>> {
-    let engine = bs_engine::Engine::connect(&docker_socket())?;
+    let engine = bs_engine::Engine::connect(&docker_socket(root, config))?;
     let job = spec::JobSpec {
         id: format!("bench-{}", std::process::id()),
         workspace: "bench".into(),
@@ -376,6 +382,7 @@ fn bench_launch(
         env: Default::default(),
         commit: String::new(),
         task_id: None,
+        origin: Default::default(),
     };
     let tmp = std::env::temp_dir();
     let never = || false;
@@ -388,6 +395,8 @@ fn bench_launch(
         pids: config.jobs.default_pids,
         time_limit: Duration::from_secs(60),
         cancelled: &never,
+        attach: false,
+        database: None,
     };
     let mut spec = executor::container_spec(&req);
     spec.mounts.clear();

@@ -22,8 +22,9 @@ use crate::clock::Clock;
 use crate::error::{JobsError, Result};
 use crate::executor::Executor;
 use crate::queue::{Outcome, Queue, State};
+use crate::results::{is_agent_error, results_of};
 use crate::spec;
-use crate::worker::{report, results_of};
+use crate::worker::{report, update};
 
 #[derive(Debug, Deserialize)]
 struct Tasks {
@@ -46,6 +47,8 @@ pub struct Poller<'a> {
     pub token: String,
     pub clock: &'a dyn Clock,
     pub executor: &'a dyn Executor,
+    /// Runs the backend's database checks.
+    pub runner: &'a dyn bs_core::cmd::Runner,
 }
 
 impl Poller<'_> {
@@ -158,7 +161,7 @@ impl Poller<'_> {
                 url: url.clone(),
                 message: format!("not a task list: {e}"),
             })?;
-        let (mut queued, mut seen, mut cancelled) = (0u64, 0u64, 0u64);
+        let mut answered: Map<String, Value> = Map::new();
         for raw in tasks.tasks {
             let task: Task = match serde_json::from_value(raw) {
                 Ok(t) => t,
@@ -175,151 +178,313 @@ impl Poller<'_> {
                 out.error("bad_task", &task.id, "task id is not a safe name; skipped");
                 continue;
             }
-            match task.kind.as_str() {
-                "runjob" => match self.queue_task(&task)? {
-                    TaskFate::Queued(id) => {
-                        queued += 1;
+            // One task's trouble never stops the others of the round.
+            let fate = match task.kind.as_str() {
+                "runjob" => self.runjob(&task),
+                "canceljob" => self.canceljob(&task),
+                "dbstatus" | "dbdatacheck" => self.simple(&task),
+                other => {
+                    out.error(
+                        "bad_task",
+                        &task.id,
+                        &format!("unknown task type {other:?}; skipped"),
+                    );
+                    continue;
+                }
+            };
+            match fate {
+                Ok(fate) => {
+                    let n = answered.entry(fate).or_insert(json!(0));
+                    *n = json!(n.as_u64().unwrap_or(0) + 1);
+                    if fate != "waiting" {
                         out.item(
                             "task",
-                            true,
-                            &json!({"action": "queue", "target": task.id, "job_id": id}),
+                            fate != "refused",
+                            &json!({"action": fate, "target": task.id, "task_type": task.kind,
+                                    "job_id": job_id_of(&task)}),
                         );
                     }
-                    TaskFate::Seen => seen += 1,
-                    TaskFate::Refused(field, message) => {
-                        out.error("invalid_job", &task.id, &format!("{field}: {message}"));
-                    }
-                },
-                "canceljob" => {
-                    if self.cancel_task(&task, out)? {
-                        cancelled += 1;
-                    } else {
-                        seen += 1;
-                    }
                 }
-                other => out.error(
-                    "bad_task",
-                    &task.id,
-                    &format!("unknown task type {other:?}; skipped"),
-                ),
+                Err(e) => {
+                    use bs_core::cli::Report;
+                    out.error(e.kind(), &task.id, &e.to_string());
+                }
             }
         }
         let (sent, left) = self.flush_outbox(out)?;
         let mut extra = Map::new();
-        extra.insert("queued".into(), json!(queued));
-        extra.insert("seen".into(), json!(seen));
-        extra.insert("cancelled".into(), json!(cancelled));
+        extra.insert("tasks".into(), Value::Object(answered));
         extra.insert("updates_sent".into(), json!(sent));
         extra.insert("updates_waiting".into(), json!(left));
         Ok(extra)
     }
 
-    fn queue_task(&self, task: &Task) -> Result<TaskFate> {
-        let key = format!("task-{}", task.id);
-        if self.queue.ledger_get(&key)?.is_some() {
-            // Queued before (or refused before): the ledger says so. A crash
-            // between the ledger line and the entry is handled by submit.
-            if let Some(name) = self.queue.ledger_get(&key)? {
-                if !name.ends_with(".json") || self.queue.exists_anywhere(OsStr::new(&name))? {
-                    return Ok(TaskFate::Seen);
+    fn put(&self, task: &str, payload: &Value) -> Result<()> {
+        let lock = self.queue.lock()?;
+        self.queue.outbox_put(&lock, task, payload)
+    }
+
+    /// A runjob task: the job's state on disk decides the answer, so a
+    /// re-issued task, a lost update or a restart all end in one answer.
+    fn runjob(&self, task: &Task) -> Result<&'static str> {
+        let now = self.clock.now_ns();
+        let Some(job_id) = job_id_of(task) else {
+            self.refuse(task, "id", "missing or not a job id")?;
+            return Ok("refused");
+        };
+        let Some((state, name)) = self.queue.find(&job_id)? else {
+            let job = match spec::from_definition(&task.definition, &task.id, &self.config.jobs) {
+                Ok(j) => j,
+                Err(JobsError::Invalid { field, message }) => {
+                    self.refuse(task, &field, &message)?;
+                    return Ok("refused");
                 }
+                Err(e) => return Err(e),
+            };
+            return match self.queue.submit(job, self.clock) {
+                Ok(entry) => {
+                    report(self.queue, &entry, false, json!({}), now)?;
+                    Ok("queued")
+                }
+                // Queued by a racing poller: the next round answers.
+                Err(JobsError::Duplicate { .. }) => Ok("waiting"),
+                Err(e) => Err(e),
+            };
+        };
+        let entry = match self.queue.read(state, &name)? {
+            Some(Ok(e)) => e,
+            Some(Err(error)) => {
+                return Err(JobsError::State {
+                    id: job_id,
+                    message: format!("its entry is malformed: {error}"),
+                })
+            }
+            None => return Ok("waiting"),
+        };
+        let reissued = self.queue.current_task(&entry.job)?.as_deref() != Some(task.id.as_str());
+        if reissued {
+            self.queue.set_current_task(&job_id, &task.id)?;
+        }
+        match state {
+            State::Queued | State::Running => {
+                if reissued {
+                    self.put(&task.id, &update(&task.id, &entry, false, json!({}), now))?;
+                    return Ok("attached");
+                }
+                Ok("waiting")
+            }
+            State::Done | State::Failed => {
+                let outcome = entry
+                    .outcome
+                    .clone()
+                    .unwrap_or_else(|| Outcome::failed("internal_error", "no outcome", now));
+                if reissued && is_agent_error(&outcome) {
+                    // The controller heard "agent error" and made a new
+                    // task: a new attempt, not the old answer again.
+                    let entry = self.queue.retry(state, &name)?;
+                    report(self.queue, &entry, false, json!({}), now)?;
+                    return Ok("requeued");
+                }
+                if self.queue.outbox_has(&task.id)? {
+                    return Ok("waiting");
+                }
+                // Finished, yet the controller still offers the task: its
+                // final update was lost (a worker killed between done/ and
+                // the outbox, say). Send it again.
+                self.put(
+                    &task.id,
+                    &update(&task.id, &entry, true, results_of(&outcome), now),
+                )?;
+                Ok("resent")
             }
         }
-        let mut def = task.definition.clone();
-        if let Some(obj) = def.as_object_mut() {
-            obj.insert("task_id".into(), json!(task.id));
-            // The job server's field names, mapped to ours.
-            if let Some(args) = obj.remove("args") {
-                obj.entry("command").or_insert(args);
+    }
+
+    /// A definition bs-jobs will not run is answered once, as a failed
+    /// job (an agent error would make the controller re-issue it forever).
+    fn refuse(&self, task: &Task, field: &str, message: &str) -> Result<()> {
+        if self.queue.outbox_has(&task.id)? {
+            return Ok(());
+        }
+        let now = self.clock.now_ns();
+        let mut o = Outcome::failed(
+            "invalid_job",
+            format!("invalid job definition: {field}: {message}"),
+            now,
+        );
+        o.facts.status_message = Some(format!(
+            "bs-jobs refused the job definition: {}: {}",
+            crate::error::clip(field, 200),
+            crate::error::clip(message, 500)
+        ));
+        let payload = json!({
+            "task_id": task.id, "stage": "finalized", "complete": true,
+            "results": results_of(&o), "timestamp_ns": now,
+        });
+        self.put(&task.id, &payload)
+    }
+
+    /// A canceljob task (with the job's full definition): answered from
+    /// the job's state, whatever it is, unknown included.
+    fn canceljob(&self, task: &Task) -> Result<&'static str> {
+        let now = self.clock.now_ns();
+        if self.queue.outbox_has(&task.id)? {
+            return Ok("waiting");
+        }
+        let found = match job_id_of(task) {
+            Some(id) => self.queue.find(&id)?.map(|f| (id, f)),
+            None => None,
+        };
+        let Some((job_id, (state, name))) = found else {
+            // Never queued here: nothing runs, nothing to stop.
+            let mut o = Outcome::failed("cancelled_by_user", "cancelled before it ran", now);
+            o.facts.status_message = Some("Job cancelled by system".into());
+            let payload = json!({
+                "task_id": task.id, "stage": "finalized", "complete": true,
+                "results": results_of(&o), "timestamp_ns": now,
+            });
+            self.put(&task.id, &payload)?;
+            return Ok("cancelled_unknown");
+        };
+        let fate = match state {
+            State::Queued | State::Running => {
+                cancel(self.queue, self.executor, &job_id, self.clock)?;
+                "cancelled"
             }
-            if let Some(spec) = obj.remove("output_spec") {
-                let mut by_level: Map<String, Value> = Map::new();
-                if let Some(m) = spec.as_object() {
-                    for (pattern, level) in m {
-                        let level = level.as_str().unwrap_or("").to_string();
-                        if let Some(a) = by_level
-                            .entry(level)
-                            .or_insert_with(|| json!([]))
-                            .as_array_mut()
-                        {
-                            a.push(json!(pattern));
-                        }
+            State::Done | State::Failed => "already_finished",
+        };
+        // Give the worker a moment to record the end of a running job, so
+        // the answer is usually complete in this round; else next round.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some((s, n)) = self.queue.find(&job_id)? {
+                if matches!(s, State::Done | State::Failed) {
+                    if let Some(Ok(entry)) = self.queue.read(s, &n)? {
+                        let o = entry.outcome.clone().unwrap_or_else(|| {
+                            Outcome::failed("cancelled_by_user", "cancelled", now)
+                        });
+                        self.put(
+                            &task.id,
+                            &update(&task.id, &entry, true, results_of(&o), self.clock.now_ns()),
+                        )?;
+                        return Ok(fate);
                     }
                 }
-                obj.entry("outputs").or_insert(Value::Object(by_level));
             }
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
-        let job = match spec::parse(&def, &self.config.jobs) {
-            Ok(j) => j,
-            Err(JobsError::Invalid { field, message }) => {
-                self.queue
-                    .ledger_note(&key, "refused: invalid definition")?;
-                self.reject(task, &format!("invalid job definition: {field}: {message}"))?;
-                return Ok(TaskFate::Refused(field, message));
-            }
-            Err(e) => return Err(e),
+        let _ = name;
+        Ok("cancelling")
+    }
+
+    /// dbstatus and dbdatacheck: simple tasks, `{"results", "error"}`,
+    /// stage `""`, answered by the backend's configured command.
+    fn simple(&self, task: &Task) -> Result<&'static str> {
+        if self.queue.outbox_has(&task.id)? {
+            return Ok("waiting");
+        }
+        let results = match self.db_check(task) {
+            Ok(results) => json!({"results": results, "error": null}),
+            Err((kind, message)) => json!({
+                "results": null,
+                "error": {"type": kind, "message": crate::error::clip(&message, 500)},
+            }),
         };
-        let id = job.id.clone();
-        match self.queue.submit(job, self.clock) {
-            Ok(entry) => {
-                report(self.queue, &entry, false, json!({}), self.clock.now_ns())?;
-                Ok(TaskFate::Queued(id))
-            }
-            Err(JobsError::Duplicate { .. }) => Ok(TaskFate::Seen),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Tell the controller a task failed without a job being queued.
-    fn reject(&self, task: &Task, message: &str) -> Result<()> {
         let payload = json!({
-            "task_id": task.id, "stage": "finalized", "complete": true,
-            "results": {"status": "failed", "code": "internal_error", "error": message},
-            "timestamp_ns": self.clock.now_ns(),
+            "task_id": task.id, "stage": "", "complete": true,
+            "results": results, "timestamp_ns": self.clock.now_ns(),
         });
-        let lock = self.queue.lock()?;
-        self.queue.outbox_put(&lock, &task.id, &payload)?;
-        Ok(())
+        self.put(&task.id, &payload)?;
+        Ok("answered")
     }
 
-    fn cancel_task(&self, task: &Task, out: &mut Output) -> Result<bool> {
-        let key = format!("task-{}", task.id);
-        if self.queue.ledger_get(&key)?.is_some() {
-            return Ok(false);
+    fn db_check(&self, task: &Task) -> std::result::Result<Value, (&'static str, String)> {
+        let jobs = &self.config.jobs;
+        let (argv, extra, allowed): (&Vec<String>, Option<&str>, &[&str]) =
+            if task.kind == "dbstatus" {
+                (&jobs.dbstatus_command, None, DB_STATUSES)
+            } else {
+                let month = task
+                    .definition
+                    .get("hes_expected_activity_month")
+                    .and_then(Value::as_str)
+                    .filter(|m| {
+                        !m.is_empty()
+                            && m.len() <= 32
+                            && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    })
+                    .ok_or((
+                        "ValueError",
+                        "hes_expected_activity_month: missing or not a month".to_string(),
+                    ))?;
+                (&jobs.dbdatacheck_command, Some(month), DATA_CHECKS)
+            };
+        let Some((program, args)) = argv.split_first() else {
+            return Err((
+                "NotConfigured",
+                format!("this backend has no {} command", task.kind),
+            ));
+        };
+        let cmd = bs_core::cmd::Cmd::new(program.clone())
+            .args(args.iter().cloned().chain(extra.map(str::to_string)))
+            .timeout(Duration::from_secs(300));
+        let ran = self
+            .runner
+            .run(&cmd)
+            .map_err(|e| ("CommandFailed", e.to_string()))?;
+        if !ran.success() {
+            return Err((
+                "CommandFailed",
+                format!("{program} exited {:?}", ran.status),
+            ));
         }
-        let job_id = task
-            .definition
-            .get("id")
-            .or_else(|| task.definition.get("job_id"))
-            .and_then(Value::as_str)
+        // As job-runner: only an allowed status line leaves the backend, so
+        // a compromised check cannot send data out through it.
+        let last = ran
+            .stdout
+            .trim()
+            .lines()
+            .last()
             .unwrap_or("")
+            .trim()
             .to_string();
-        let fate = if spec::valid_name(&job_id, 64) {
-            cancel(self.queue, self.executor, &job_id, self.clock)?
+        if !allowed.contains(&last.as_str()) {
+            return Err((
+                "ValueError",
+                format!("Invalid status, expected one of: {}", allowed.join(",")),
+            ));
+        }
+        Ok(if task.kind == "dbstatus" {
+            let maintenance = last.split(';').next() == Some("db-maintenance");
+            json!({"status": if maintenance { "db-maintenance" } else { "" }})
         } else {
-            "no such job".to_string()
-        };
-        out.item(
-            "task",
-            true,
-            &json!({"action": "cancel", "target": task.id, "job_id": job_id, "result": fate}),
-        );
-        self.queue.ledger_note(&key, &format!("cancel: {fate}"))?;
-        let payload = json!({
-            "task_id": task.id, "stage": "finalized", "complete": true,
-            "results": {"status": "succeeded", "message": fate},
-            "timestamp_ns": self.clock.now_ns(),
-        });
-        let lock = self.queue.lock()?;
-        self.queue.outbox_put(&lock, &task.id, &payload)?;
-        Ok(true)
+            json!({ "status": last })
+        })
     }
 }
 
-enum TaskFate {
-    Queued(String),
-    Seen,
-    Refused(String, String),
+/// job-runner's allowed answers of the database checks.
+const DB_STATUSES: &[&str] = &[
+    "",
+    "db-maintenance",
+    "db-maintenance;0",
+    "db-maintenance;1",
+    "db-maintenance;2",
+    "none;0",
+    "none;1",
+    "none;2",
+];
+const DATA_CHECKS: &[&str] = &["OK", "FAILED"];
+
+fn job_id_of(task: &Task) -> Option<String> {
+    task.definition
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|id| spec::valid_name(id, 64))
+        .map(str::to_string)
 }
 
 /// Cancel a job: a queued one is failed at once; a running one gets a
@@ -342,6 +507,11 @@ pub fn cancel(
             );
             match queue.fail_queued(&name, outcome)? {
                 Some(entry) => {
+                    // A queued entry waiting to re-attach has a container
+                    // that still runs: it goes too.
+                    if entry.reattach {
+                        executor.remove(id)?;
+                    }
                     let o = entry
                         .outcome
                         .clone()

@@ -88,6 +88,28 @@ pub struct Outcome {
     #[serde(default)]
     pub outputs: Vec<String>,
     pub finished_at_ns: i128,
+    /// What the controller's results carry beyond the status.
+    #[serde(default)]
+    pub facts: RunFacts,
+}
+
+/// Facts of a run that job-runner's results report (crate::results).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunFacts {
+    /// The engine's id of the image the container ran.
+    #[serde(default)]
+    pub image_id: Option<String>,
+    /// The image's labels (org.opencontainers.*, org.opensafely.*).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// The message for the controller, when not the status's default.
+    #[serde(default)]
+    pub status_message: Option<String>,
+    /// job-runner's hint for unmatched patterns (stays on the backend).
+    #[serde(default)]
+    pub hint: Option<String>,
+    #[serde(default)]
+    pub level4_excluded: bool,
 }
 
 impl Outcome {
@@ -99,6 +121,7 @@ impl Outcome {
             exit_code: None,
             outputs: Vec::new(),
             finished_at_ns: now,
+            facts: RunFacts::default(),
         }
     }
 
@@ -110,6 +133,7 @@ impl Outcome {
             exit_code: Some(0),
             outputs,
             finished_at_ns: now,
+            facts: RunFacts::default(),
         }
     }
 }
@@ -134,6 +158,13 @@ pub struct Entry {
     pub started_at_ns: Option<i128>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
+    /// The job's container outlived its worker: the next claim waits for
+    /// that container instead of starting the job again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reattach: bool,
+    /// Files copied into the volume as inputs (they are not outputs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inputs: Vec<String>,
 }
 
 impl Entry {
@@ -388,6 +419,8 @@ impl Queue {
             worker: None,
             started_at_ns: None,
             outcome: None,
+            reattach: false,
+            inputs: Vec::new(),
         };
         let name = entry.file_name();
         let name_str = name.to_string_lossy().into_owned();
@@ -520,9 +553,14 @@ impl Queue {
                 }
                 Some(Ok(mut entry)) => {
                     entry.worker = Some(worker.to_string());
-                    entry.attempts += 1;
-                    entry.stage = "preparing".into();
-                    entry.started_at_ns = Some(clock.now_ns());
+                    if entry.reattach {
+                        // The same run goes on: not a new attempt.
+                        entry.stage = "executing".into();
+                    } else {
+                        entry.attempts += 1;
+                        entry.stage = "preparing".into();
+                        entry.started_at_ns = Some(clock.now_ns());
+                    }
                     self.write(State::Running, &entry)?;
                     rustix::fs::fsync(self.queue.fd())
                         .map_err(|e| CoreError::io(self.queue.path(), e.into()))?;
@@ -626,6 +664,7 @@ impl Queue {
             }
         };
         entry.attempts = 0;
+        entry.reattach = false;
         entry.stage = "pending".into();
         entry.worker = None;
         entry.outcome = None;
@@ -665,6 +704,18 @@ impl Queue {
         self.write(State::Queued, &entry)?;
         self.running.remove_if_exists(&name)?;
         Ok(State::Queued)
+    }
+
+    /// Give an entry from `running/` whose worker died but whose container
+    /// still exists back to the queue, marked to re-attach to it (no
+    /// attempt counted: nothing is run again). Call with the lock held.
+    pub fn requeue_for_reattach(&self, _lock: &QueueLock, mut entry: Entry) -> Result<()> {
+        let name = entry.file_name();
+        entry.worker = None;
+        entry.reattach = true;
+        self.write(State::Queued, &entry)?;
+        self.running.remove_if_exists(&name)?;
+        Ok(())
     }
 
     /// Remove temp files a killed `submit` left in queue/ and ledger/.
@@ -711,6 +762,30 @@ impl Queue {
             &FileSpec::root(0o600),
         )?;
         Ok(())
+    }
+
+    /// The controller task a job's updates go to: the latest task the
+    /// controller issued for it (a re-issued `<job>-002` replaces
+    /// `<job>-001`), else the one it came in.
+    pub fn current_task(&self, job: &JobSpec) -> Result<Option<String>> {
+        Ok(self
+            .ledger_get(&format!("current-{}", job.id))?
+            .filter(|t| !t.is_empty())
+            .or_else(|| job.task_id.clone()))
+    }
+
+    pub fn set_current_task(&self, job_id: &str, task_id: &str) -> Result<()> {
+        self.ledger_note(&format!("current-{job_id}"), task_id)
+    }
+
+    /// Whether an update for this task waits in the outbox.
+    pub fn outbox_has(&self, task_id: &str) -> Result<bool> {
+        let wanted = format!("{task_id}.json");
+        Ok(self.outbox.entries()?.into_iter().any(|(n, _)| {
+            let n = n.as_bytes();
+            // `<seq:020>-<task>.json`
+            n.len() > 21 && n[20] == b'-' && &n[21..] == wanted.as_bytes()
+        }))
     }
 
     pub fn log_path(&self, id: &str) -> PathBuf {

@@ -66,6 +66,49 @@ pub struct JobSpec {
     /// The controller's task this job came from, when it came from one.
     #[serde(default)]
     pub task_id: Option<String>,
+    /// What job-runner's controller says about the job beyond what runs it
+    /// (the manifest and the results carry these). Empty for `submit`.
+    #[serde(default)]
+    pub origin: Origin,
+}
+
+/// The job-runner fields of a controller's definition that do not change
+/// how the container runs but are recorded: the RAP (job request), the
+/// study's repository, the user, the level-4 rules of the task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    #[serde(default)]
+    pub rap_id: String,
+    #[serde(default)]
+    pub repo: String,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub image_sha: Option<String>,
+    #[serde(default)]
+    pub allow_database_access: bool,
+    #[serde(default)]
+    pub database_name: Option<String>,
+    #[serde(default)]
+    pub input_job_ids: Vec<String>,
+    #[serde(default)]
+    pub created_at: Option<i64>,
+    /// The task's level-4 rules; `None` means the backend's configured ones.
+    #[serde(default)]
+    pub level4: Option<Level4Rules>,
+    /// Fields of the definition this version does not know: kept (a
+    /// controller upgrade must not stop a backend), never acted on.
+    #[serde(default)]
+    pub unknown: BTreeMap<String, Value>,
+}
+
+/// job-runner's `level4_max_filesize`, `level4_max_csv_rows` and
+/// `level4_file_types` (suffixes with their dot, as job-runner compares).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Level4Rules {
+    pub max_filesize: u64,
+    pub max_csv_rows: u64,
+    pub file_types: Vec<String>,
 }
 
 /// True for names safe as a path component and in a container name.
@@ -331,7 +374,236 @@ pub fn parse(value: &Value, config: &JobsConfig) -> Result<JobSpec> {
         env,
         commit,
         task_id,
+        origin: Origin::default(),
     })
+}
+
+/// Every field of job-runner's `JobDefinition` with its type; anything
+/// else is kept in [`Origin::unknown`].
+const DEFINITION_FIELDS: &[&str] = &[
+    "id",
+    "rap_id",
+    "task_id",
+    "repo_url",
+    "commit",
+    "study",
+    "workspace",
+    "action",
+    "created_at",
+    "image",
+    "image_sha",
+    "args",
+    "env",
+    "inputs",
+    "input_job_ids",
+    "output_spec",
+    "allow_database_access",
+    "level4_max_csv_rows",
+    "level4_max_filesize",
+    "user",
+    "database_name",
+    "cpu_count",
+    "memory_limit",
+    "level4_file_types",
+];
+
+fn opt_str(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<String>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(JobsError::invalid(key, "must be a string or null")),
+    }
+}
+
+fn opt_u64(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Option<u64>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| JobsError::invalid(key, "must be a whole number")),
+    }
+}
+
+fn str_list(obj: &serde_json::Map<String, Value>, key: &str) -> Result<Vec<String>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| JobsError::invalid(format!("{key}[{i}]"), "must be a string"))
+            })
+            .collect(),
+        Some(_) => Err(JobsError::invalid(key, "must be a list of strings")),
+    }
+}
+
+/// A controller's task definition (job-runner's `JobDefinition`, every
+/// field) checked and turned into a job. `task_id` is the task it came in.
+pub fn from_definition(def: &Value, task_id: &str, config: &JobsConfig) -> Result<JobSpec> {
+    let obj = def
+        .as_object()
+        .ok_or_else(|| JobsError::invalid("definition", "must be a JSON object"))?;
+    let mut mapped = serde_json::Map::new();
+    for key in ["id", "workspace", "action", "image"] {
+        mapped.insert(key.into(), Value::String(field_str(obj, key)?.to_string()));
+    }
+    let args = str_list(obj, "args")?;
+    mapped.insert("env".into(), obj.get("env").cloned().unwrap_or(Value::Null));
+    let mut by_level: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    match obj.get("output_spec") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(spec)) => {
+            for (pattern, level) in spec {
+                let level = level.as_str().ok_or_else(|| {
+                    JobsError::invalid("output_spec", "each privacy level must be a string")
+                })?;
+                by_level
+                    .entry(level.to_string())
+                    .or_default()
+                    .push(Value::String(pattern.clone()));
+            }
+        }
+        Some(_) => {
+            return Err(JobsError::invalid(
+                "output_spec",
+                "must be an object of pattern -> privacy level",
+            ))
+        }
+    }
+    mapped.insert(
+        "outputs".into(),
+        serde_json::to_value(by_level).unwrap_or(Value::Null),
+    );
+    match obj.get("cpu_count") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            let n: f64 = s
+                .trim()
+                .parse()
+                .map_err(|_| JobsError::invalid("cpu_count", "must be a number"))?;
+            mapped.insert("cpu".into(), serde_json::json!(n));
+        }
+        Some(v @ Value::Number(_)) => {
+            mapped.insert("cpu".into(), v.clone());
+        }
+        Some(_) => return Err(JobsError::invalid("cpu_count", "must be a number")),
+    }
+    if let Some(m) = obj.get("memory_limit").filter(|v| !v.is_null()) {
+        mapped.insert("memory".into(), m.clone());
+    }
+    let study = match obj.get("study") {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err(JobsError::invalid("study", "must be an object")),
+    };
+    let study_commit = opt_str(&study, "commit")
+        .map_err(|_| JobsError::invalid("study.commit", "must be a string or null"))?;
+    let commit = match study_commit {
+        Some(c) => Some(c),
+        None => opt_str(obj, "commit")?,
+    };
+    if let Some(c) = commit {
+        mapped.insert("commit".into(), Value::String(c));
+    }
+    mapped.insert("task_id".into(), Value::String(task_id.to_string()));
+    // job-runner runs the image's own entrypoint when args is empty; `parse`
+    // wants an argv, so it is checked with a placeholder and emptied after.
+    let empty_args = args.is_empty();
+    mapped.insert(
+        "command".into(),
+        if empty_args {
+            serde_json::json!(["-"])
+        } else {
+            serde_json::to_value(&args).unwrap_or(Value::Null)
+        },
+    );
+    let mut job = parse(&Value::Object(mapped), config).map_err(|e| match e {
+        JobsError::Invalid { field, message } => {
+            let field = match field.as_str() {
+                "command" => "args".to_string(),
+                "cpu" => "cpu_count".to_string(),
+                "memory" => "memory_limit".to_string(),
+                f if f.starts_with("outputs") => "output_spec".to_string(),
+                f if f.starts_with("command[") => f.replacen("command", "args", 1),
+                f => f.to_string(),
+            };
+            JobsError::Invalid { field, message }
+        }
+        e => e,
+    })?;
+    if empty_args {
+        job.command.clear();
+    }
+    let repo = match opt_str(&study, "git_repo_url")
+        .map_err(|_| JobsError::invalid("study.git_repo_url", "must be a string or null"))?
+    {
+        Some(r) => r,
+        None => opt_str(obj, "repo_url")?.unwrap_or_default(),
+    };
+    let _ = opt_str(obj, "repo_url")?;
+    let allow_database_access = match obj.get("allow_database_access") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(JobsError::invalid(
+                "allow_database_access",
+                "must be true or false",
+            ))
+        }
+    };
+    let input_job_ids = str_list(obj, "input_job_ids")?;
+    if let Some(bad) = input_job_ids.iter().position(|j| !valid_name(j, 64)) {
+        return Err(JobsError::invalid(
+            format!("input_job_ids[{bad}]"),
+            "not a job id",
+        ));
+    }
+    let _ = str_list(obj, "inputs")?;
+    let created_at = match obj.get("created_at") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| JobsError::invalid("created_at", "must be a UNIX time"))?,
+        ),
+    };
+    let max_filesize = opt_u64(obj, "level4_max_filesize")?;
+    let max_csv_rows = opt_u64(obj, "level4_max_csv_rows")?;
+    let file_types = match obj.get("level4_file_types") {
+        None | Some(Value::Null) => None,
+        Some(_) => Some(str_list(obj, "level4_file_types")?),
+    };
+    let level4 = if max_filesize.is_some() || max_csv_rows.is_some() || file_types.is_some() {
+        Some(Level4Rules {
+            max_filesize: max_filesize.unwrap_or(config.medium_max_bytes),
+            max_csv_rows: max_csv_rows.unwrap_or(config.medium_max_csv_rows),
+            // job-runner's default when the field is absent: CSV only.
+            file_types: file_types.unwrap_or_else(|| vec![".csv".into()]),
+        })
+    } else {
+        None
+    };
+    let unknown = obj
+        .iter()
+        .filter(|(k, _)| !DEFINITION_FIELDS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    job.origin = Origin {
+        rap_id: opt_str(obj, "rap_id")?.unwrap_or_default(),
+        repo,
+        user: opt_str(obj, "user")?,
+        image_sha: opt_str(obj, "image_sha")?,
+        allow_database_access,
+        database_name: opt_str(obj, "database_name")?,
+        input_job_ids,
+        created_at,
+        level4,
+        unknown,
+    };
+    Ok(job)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! reused pid cannot fool it): its leftover container is removed, then it
 //! goes back to the queue, or to `failed/` once it has used its attempts.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -26,7 +27,9 @@ use crate::error::Result;
 use crate::executor::{Executor, RunRequest, RunResult};
 use crate::files;
 use crate::finalize::{self, Filed, Trees};
-use crate::queue::{Entry, Outcome, Queue, QueueLock, State};
+use crate::queue::{Entry, Outcome, Queue, QueueLock, RunFacts, State};
+use crate::results::{controller_stage, results_of};
+use crate::spec::JobSpec;
 
 /// Most of a container's output kept for the metadata log.
 const MAX_LOG: u64 = 64 << 20;
@@ -104,6 +107,8 @@ impl Ctx<'_> {
         Ok(Trees {
             high: files::subdir_create_only(&high, OsStr::new("workspaces"), &dir_spec)?,
             volumes: files::subdir_create_only(&high, OsStr::new("volumes"), &dir_spec)?,
+            logs: files::subdir_create_only(&high, OsStr::new("logs"), &dir_spec)?,
+            archives: high.open_subdir(OsStr::new("archives")).ok(),
             medium: files::subdir_create_only(&medium, OsStr::new("workspaces"), &dir_spec)?,
             file_spec: FileSpec {
                 mode: 0o640,
@@ -119,7 +124,8 @@ impl Ctx<'_> {
 }
 
 /// Write a status update for the controller into the outbox (when the job
-/// came from one). The poller sends it; until then it waits on disk.
+/// came from one), to the job's current task. The poller sends it; until
+/// then it waits on disk.
 pub fn report(
     queue: &Queue,
     entry: &Entry,
@@ -127,40 +133,22 @@ pub fn report(
     results: Value,
     now: i128,
 ) -> Result<()> {
-    let Some(task) = &entry.job.task_id else {
+    let Some(task) = queue.current_task(&entry.job)? else {
         return Ok(());
     };
-    let payload = json!({
+    let lock = queue.lock()?;
+    queue.outbox_put(&lock, &task, &update(&task, entry, complete, results, now))
+}
+
+/// One update as the controller's task/update view takes it.
+pub fn update(task: &str, entry: &Entry, complete: bool, results: Value, now: i128) -> Value {
+    json!({
         "task_id": task,
-        "stage": entry.stage,
+        "stage": controller_stage(&entry.stage),
         "results": results,
         "complete": complete,
         "timestamp_ns": now,
-    });
-    let lock = queue.lock()?;
-    let seq = queue.next_seq(&lock)?;
-    let name = format!("{seq:020}-{task}.json");
-    queue.outbox.write_file(
-        OsStr::new(&name),
-        payload.to_string().as_bytes(),
-        &FileSpec::root(0o600),
-    )?;
-    Ok(())
-}
-
-pub fn results_of(outcome: &Outcome) -> Value {
-    let mut r = json!({
-        "status": outcome.status,
-        "exit_code": outcome.exit_code,
-        "outputs": outcome.outputs,
-    });
-    if let Some(code) = &outcome.code {
-        r["error"] = json!(outcome.message);
-        r["code"] = json!(code);
-    } else {
-        r["message"] = json!(outcome.message);
-    }
-    r
+    })
 }
 
 /// What recovery did with one entry.
@@ -204,8 +192,29 @@ pub fn recover(ctx: &Ctx<'_>) -> Result<Vec<Recovered>> {
                 continue;
             }
         }
-        // The container of the dead worker's run goes before anything else,
-        // or the next attempt would meet it (and two copies could write).
+        // Its worker died mid-write, maybe: the temps it left in the
+        // workspace (both trees; the medium one is the reviewers') go.
+        // A tree it cannot walk (a planted symlink) must not stop recovery.
+        let swept = sweep_workspace_temps(ctx, &entry.job.workspace).unwrap_or(0);
+        // Research is not killed by a restart: a container that outlived
+        // its worker is waited for by the next claim, not started again.
+        // (The stage on disk stays "executing" until the entry is finished.)
+        if entry.stage == "executing" && ctx.executor.exists(&entry.job.id)? {
+            let id = entry.job.id.clone();
+            queue.requeue_for_reattach(&lock, entry)?;
+            done.push(Recovered {
+                id,
+                entry: name.to_string_lossy().into_owned(),
+                to: "queued",
+                container_removed: false,
+                message: format!(
+                    "its worker is gone; its container is kept and re-attached ({swept} temp file(s) swept)"
+                ),
+            });
+            continue;
+        }
+        // Any other container of the dead worker's run goes before anything
+        // else, or the next attempt would meet it (and two copies could write).
         let container_removed = ctx.executor.remove(&entry.job.id)?;
         if let Ok(trees) = ctx.trees() {
             let _ = files::remove_tree(&trees.volumes, OsStr::new(&entry.job.id));
@@ -234,13 +243,39 @@ pub fn recover(ctx: &Ctx<'_>) -> Result<Vec<Recovered>> {
             to: to.as_str(),
             container_removed,
             message: format!(
-                "its worker is gone (attempt {attempts} of {})",
+                "its worker is gone (attempt {attempts} of {}; {swept} temp file(s) swept)",
                 ctx.config.jobs.max_attempts
             ),
         });
     }
     drop(lock);
     Ok(done)
+}
+
+/// Sweep a workspace's temps in both trees, sparing those of workers that
+/// still run (their pids hold a worker lock).
+fn sweep_workspace_temps(ctx: &Ctx<'_>, workspace: &str) -> Result<usize> {
+    let mut live = vec![std::process::id()];
+    for (name, _) in ctx.queue.workers.entries()? {
+        let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".lock")) else {
+            continue;
+        };
+        if id != ctx.worker && worker_alive(ctx.queue, id)? {
+            if let Some(pid) = id.split('-').next().and_then(|p| p.parse().ok()) {
+                live.push(pid);
+            }
+        }
+    }
+    let trees = ctx.trees()?;
+    let mut n = 0;
+    for top in [&trees.high, &trees.medium] {
+        match top.open_subdir(OsStr::new(workspace)) {
+            Ok(ws) => n += files::sweep_temps(&ws, &live, 0)?,
+            Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
 }
 
 /// `report` for recovery, which already holds the queue lock.
@@ -251,11 +286,10 @@ fn report_locked(
     results: Value,
     now: i128,
 ) -> Result<()> {
-    let Some(task) = &entry.job.task_id else {
+    let Some(task) = queue.current_task(&entry.job)? else {
         return Ok(());
     };
-    let payload = json!({"task_id": task, "stage": entry.stage, "results": results, "complete": true, "timestamp_ns": now});
-    queue.outbox_put(lock, task, &payload)
+    queue.outbox_put(lock, &task, &update(&task, entry, true, results, now))
 }
 
 /// Run one claimed entry to the end; returns the finished entry.
@@ -268,6 +302,8 @@ pub fn run_entry(ctx: &Ctx<'_>, mut entry: Entry) -> Result<Entry> {
         Err(e) => Outcome::failed("internal_error", e.to_string(), now()),
     };
     let finished = queue.finish(entry, outcome)?;
+    // Test hook: a worker killed between done/ and its final update.
+    crate::faults::crash_point("after_finish");
     let outcome = finished
         .outcome
         .clone()
@@ -291,17 +327,49 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
     let job = entry.job.clone();
     let now = || ctx.clock.now_ns();
     let id_os = OsStr::new(&job.id);
-    // A fresh volume: whatever an earlier attempt left is not an input.
-    files::remove_tree(&trees.volumes, id_os)?;
-    let volume = files::subdir_create_only(&trees.volumes, id_os, &trees.dir_spec)?;
+    let attach = entry.reattach;
+    let volume = if attach {
+        // The container still writes into it: keep it as it is.
+        trees.volumes.open_subdir(id_os)?
+    } else {
+        // A fresh volume: whatever an earlier attempt left is not an input.
+        files::remove_tree(&trees.volumes, id_os)?;
+        files::subdir_create_only(&trees.volumes, id_os, &trees.dir_spec)?
+    };
     let result = (|| -> Result<Outcome> {
-        let inputs = match finalize::prepare_inputs(&trees, &job, &volume)? {
-            Ok(i) => i,
-            Err(message) => return Ok(Outcome::failed("dependency_failed", message, now())),
-        };
-        set_stage(ctx, entry, "prepared")?;
         let log_path = ctx.queue.log_path(&job.id);
-        let _ = std::fs::remove_file(&log_path);
+        let inputs: BTreeSet<String> = if attach {
+            entry.inputs.iter().cloned().collect()
+        } else {
+            if let Some(message) = finalize::archived(&trees, &job.workspace)? {
+                let mut o = Outcome::failed("workspace_archived", message.clone(), now());
+                o.facts.status_message = Some(message);
+                return Ok(o);
+            }
+            let inputs = match finalize::prepare_inputs(&trees, &job, &volume)? {
+                Ok(i) => i,
+                Err(message) => {
+                    let mut o = Outcome::failed("dependency_failed", message.clone(), now());
+                    o.facts.status_message = Some(message);
+                    return Ok(o);
+                }
+            };
+            entry.inputs = inputs.iter().cloned().collect();
+            set_stage(ctx, entry, "prepared")?;
+            let _ = std::fs::remove_file(&log_path);
+            inputs
+        };
+        let database = match crate::database::access(ctx.root, ctx.config, &job)? {
+            None => None,
+            Some(Ok(d)) => Some(d),
+            Some(Err(message)) => {
+                let mut o = Outcome::failed("database_unknown", message.clone(), now());
+                o.facts.status_message = Some(message);
+                return Ok(o);
+            }
+        };
+        // Durable before the container starts: a recovery must know the
+        // run began (and which files were inputs) to re-attach to it.
         set_stage(ctx, entry, "executing")?;
         let cancel_dir = &ctx.queue.cancel;
         let cancelled = || matches!(cancel_dir.stat_at(id_os), Ok(Some(_)));
@@ -315,6 +383,8 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
             pids: ctx.config.jobs.default_pids,
             time_limit: Duration::from_secs(time_limit),
             cancelled: &cancelled,
+            attach,
+            database: database.as_ref(),
         };
         let started = now();
         let run = ctx.executor.run(&req);
@@ -328,34 +398,59 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
                 return Ok(Outcome::failed("internal_error", e.to_string(), now()));
             }
         };
-        let mut outcome = None;
+        let judged = finalize::judge_run(&run, &job, time_limit);
+        // job-runner keeps the matched outputs of every run that ended by
+        // itself (a nonzero exit too); not of one cancelled or killed.
+        let ran_to_end = judged.as_ref().map_or(true, |f| f.code == "nonzero_exit");
         let mut filed = Filed::default();
-        if let Some(f) = finalize::judge_run(&run, &job, time_limit) {
-            let mut o = Outcome::failed(f.code, f.message, now());
-            o.exit_code = Some(run.exit_code);
-            outcome = Some(o);
-        } else {
+        let mut unmatched = Vec::new();
+        let mut hint = None;
+        if ran_to_end {
             let (found, _others) = files::walk(&volume)?;
-            let (matched, unmatched) = finalize::match_outputs(&job, &found, &inputs);
-            if !unmatched.is_empty() {
+            let (matched, un) = finalize::match_outputs(&job, &found, &inputs);
+            if !un.is_empty() {
+                let others: Vec<&str> = found
+                    .iter()
+                    .filter(|f| !matched.contains_key(*f) && !inputs.contains(*f))
+                    .map(String::as_str)
+                    .collect();
+                if !others.is_empty() {
+                    hint = Some(format!(
+                        "Did you mean to match one of these files instead?\n - {}",
+                        others.join("\n - ")
+                    ));
+                }
+            }
+            unmatched = un;
+            filed = finalize::file_outputs(&trees, &job, &volume, &matched, now())?;
+        }
+        let mut outcome = match &judged {
+            Some(f) => {
+                let mut o = Outcome::failed(f.code, f.message.clone(), now());
+                o.exit_code = Some(run.exit_code);
+                o
+            }
+            None if !unmatched.is_empty() => {
                 let mut o = Outcome::failed(
                     "unmatched_patterns",
                     format!("no output matched: {}", unmatched.join(", ")),
                     now(),
                 );
                 o.exit_code = Some(0);
-                outcome = Some(o);
-            } else {
-                filed = finalize::file_outputs(&trees, &job, &volume, &matched, now())?;
+                o
             }
-        }
-        let outcome = outcome.unwrap_or_else(|| {
-            Outcome::succeeded(
-                "completed successfully",
-                filed.outputs.keys().cloned().collect(),
-                now(),
-            )
-        });
+            None => Outcome::succeeded("completed successfully", Vec::new(), now()),
+        };
+        outcome.outputs = filed.outputs.keys().cloned().collect();
+        outcome.facts = RunFacts {
+            image_id: run.image_id.clone(),
+            labels: run.labels.clone(),
+            status_message: (run.oom_killed || run.timed_out || run.cancelled)
+                .then(|| judged.as_ref().map(|f| f.message.clone()))
+                .flatten(),
+            hint,
+            level4_excluded: filed.outputs.values().any(|o| o.excluded),
+        };
         let output = read_capped(&log_path);
         let summary = [
             ("started_at", crate::clock::rfc3339(started)),
@@ -365,18 +460,80 @@ fn execute(ctx: &Ctx<'_>, entry: &mut Entry) -> Result<Outcome> {
             ("status", outcome.status.clone()),
             ("message", outcome.message.clone()),
         ];
-        let log = finalize::render_log(&job, &output, &summary);
-        finalize::write_logs(&trees, &job, &log)?;
+        let secrets = database.as_ref().map(|d| d.env.clone()).unwrap_or_default();
+        let log = finalize::render_log(&job, &secrets, &output, &summary);
+        // A cancelled or killed run's log stays in the log directory only,
+        // as job-runner keeps it; a finished one goes to both trees too.
+        if ran_to_end {
+            finalize::write_logs(&trees, &job, &log)?;
+        }
+        let created_ns = job
+            .origin
+            .created_at
+            .map(|s| i128::from(s) * 1_000_000_000)
+            .unwrap_or(entry.submitted_at_ns);
+        finalize::write_job_log_dir(
+            &trees,
+            &job,
+            &log,
+            &job_metadata(&job, &outcome, &run, finished_at),
+            created_ns,
+        )?;
         {
             let _lock = ctx.queue.lock()?;
-            finalize::write_manifests(&trees, &job, &filed, &outcome.status, now())?;
+            if ran_to_end {
+                finalize::write_manifests(&trees, &job, &filed)?;
+            }
         }
         let _ = std::fs::remove_file(&log_path);
         Ok(outcome)
     })();
-    // The volume goes whatever happened; outputs are in the trees by now.
+    // The container and the volume go whatever happened; outputs are in
+    // the trees by now.
+    ctx.executor.remove(&job.id)?;
     files::remove_tree(&trees.volumes, id_os)?;
     result
+}
+
+/// The job's metadata.json: what job-runner records of a run (its keys),
+/// with the environment's names only.
+fn job_metadata(job: &JobSpec, o: &Outcome, run: &RunResult, finished_ns: i128) -> Value {
+    let mut results = crate::results::results_of(o);
+    if let Some(m) = results.as_object_mut() {
+        // This file stays in the high privacy tree: names may be in it.
+        m.insert("outputs".into(), json!(o.outputs));
+        m.insert("hint".into(), json!(o.facts.hint));
+        m.insert(
+            "status_message".into(),
+            json!(o
+                .facts
+                .status_message
+                .clone()
+                .unwrap_or_else(|| o.message.clone())),
+        );
+    }
+    json!({
+        "job_definition_id": job.id,
+        "job_definition_rap_id": job.origin.rap_id,
+        "task_id": job.task_id,
+        "created_at": job.origin.created_at,
+        "user": job.origin.user,
+        "completed_at": finished_ns / 1_000_000_000,
+        "expected_image_id": job.origin.image_sha,
+        "oom_killed": run.oom_killed,
+        "commit": job.commit,
+        "database_name": job.origin.database_name,
+        "status": o.status,
+        "code": o.code,
+        "results": results,
+        "container_metadata": {
+            "Image": run.image_id,
+            "Config": {
+                "Labels": run.labels,
+                "Env": job.env.keys().map(|k| format!("{k}=xxxx-REDACTED-xxxx")).collect::<Vec<_>>(),
+            },
+        },
+    })
 }
 
 fn read_capped(path: &Path) -> Vec<u8> {

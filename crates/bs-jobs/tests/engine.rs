@@ -68,7 +68,19 @@ fn happy_path_files_outputs_in_both_trees_with_a_right_manifest() {
             .unwrap();
     let summary = &manifest["outputs"]["output/summary.csv"];
     let bytes = std::fs::read(sb.high().join("output/summary.csv")).unwrap();
-    assert_eq!(summary["sha256"], sha256_hex(&bytes));
+    assert_eq!(summary["content_hash"], sha256_hex(&bytes));
+    // The file's mtime as a number: Airlock calls int() on it.
+    let mtime = std::fs::metadata(sb.high().join("output/summary.csv"))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (summary["timestamp"].as_f64().unwrap() - mtime).abs() < 0.001,
+        "{summary}"
+    );
     assert_eq!(summary["size"], bytes.len());
     assert_eq!(summary["level"], "moderately_sensitive");
     assert_eq!(summary["job_id"], sb.id("generate"));
@@ -87,15 +99,14 @@ fn happy_path_files_outputs_in_both_trees_with_a_right_manifest() {
     let medium_manifest: Value =
         serde_json::from_slice(&std::fs::read(sb.medium().join("metadata/manifest.json")).unwrap())
             .unwrap();
-    assert!(
-        medium_manifest["outputs"]
-            .get("output/cohort.csv")
-            .is_none(),
-        "high outputs listed in the medium manifest"
+    // job-runner's medium manifest lists every output, with its level.
+    assert_eq!(
+        medium_manifest["outputs"]["output/cohort.csv"]["level"],
+        "highly_sensitive"
     );
     assert_eq!(
-        medium_manifest["outputs"]["output/summary.csv"]["sha256"],
-        summary["sha256"]
+        medium_manifest["outputs"]["output/summary.csv"]["content_hash"],
+        summary["content_hash"]
     );
 
     for tree in [sb.high(), sb.medium()] {
@@ -107,6 +118,32 @@ fn happy_path_files_outputs_in_both_trees_with_a_right_manifest() {
         );
         assert!(log.contains("API_KEY=xxxx-REDACTED-xxxx"));
     }
+    // job-runner's log directory: <high>/logs/YYYY-MM/os-job-<id>/.
+    let logs = sb.root().join("srv/high_privacy/logs");
+    let month = std::fs::read_dir(&logs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let dir = month.join(format!("os-job-{}", sb.id("generate")));
+    let text = std::fs::read_to_string(dir.join("logs.txt")).unwrap();
+    assert!(
+        text.contains("FINISHED") && !text.contains("sup3rs3cret"),
+        "{text}"
+    );
+    let meta_text = std::fs::read_to_string(dir.join("metadata.json")).unwrap();
+    assert!(!meta_text.contains("sup3rs3cret"), "{meta_text}");
+    let meta: Value = serde_json::from_str(&meta_text).unwrap();
+    assert_eq!(meta["job_definition_id"], sb.id("generate"));
+    assert_eq!(
+        meta["container_metadata"]["Config"]["Labels"]["job-runner"],
+        ""
+    );
+    assert!(meta["container_metadata"]["Image"]
+        .as_str()
+        .unwrap()
+        .starts_with("sha256:"));
     assert!(sb.containers().is_empty(), "container left behind");
     assert!(
         !sb.root()
@@ -300,12 +337,14 @@ fn cancel_of_a_queued_job_fails_it_before_it_runs() {
 fn a_worker_killed_mid_job_is_recovered_and_the_job_ends_exactly_once() {
     require_engine();
     let sb = Sandbox::new("sigkill", "");
+    // The output names the container it ran in (its hostname) and counts
+    // the starts in the volume: one start, in the original container.
     let mut job = sb.job(
         "survivor",
         &[
             "sh",
             "-c",
-            "sleep 4; mkdir -p output; echo ok > output/a.txt",
+            "echo start >> starts; sleep 4; mkdir -p output; hostname > output/a.txt; cat starts >> output/a.txt",
         ],
     );
     job["outputs"] = json!({"highly_sensitive": ["output/a.txt"]});
@@ -320,6 +359,8 @@ fn a_worker_killed_mid_job_is_recovered_and_the_job_ends_exactly_once() {
         sb.wait_for_container(Duration::from_secs(30)),
         "the job never started"
     );
+    let original = sb.containers();
+    assert_eq!(original.len(), 1);
     // SIGKILL: no clean-up runs in the worker.
     worker.kill().unwrap();
     worker.wait().unwrap();
@@ -328,23 +369,21 @@ fn a_worker_killed_mid_job_is_recovered_and_the_job_ends_exactly_once() {
         1,
         "the entry stays in running/"
     );
-    assert_eq!(
-        sb.containers().len(),
-        1,
-        "the orphan container is still there"
-    );
+    assert_eq!(sb.containers(), original, "the job's container still runs");
     let (code, recs, err) = sb.run(&["work", "--once"]);
     assert_eq!(code, 0, "{err} {recs:?}");
     let rec = of_type(&recs, "recovered");
     assert_eq!(rec.len(), 1, "{recs:?}");
-    assert_eq!(rec[0]["container_removed"], true);
+    assert_eq!(rec[0]["container_removed"], false);
     assert_eq!(rec[0]["to"], "queued");
     let (state, e) = sb.finished("survivor");
     assert_eq!(state, "done", "{e:#}");
-    assert_eq!(e["attempts"], 2);
+    assert_eq!(e["attempts"], 1, "the job was started again");
+    let out = std::fs::read_to_string(sb.high().join("output/a.txt")).unwrap();
     assert_eq!(
-        std::fs::read_to_string(sb.high().join("output/a.txt")).unwrap(),
-        "ok\n"
+        out,
+        format!("{}\nstart\n", original[0]),
+        "not one run in the original container"
     );
     let all: Vec<String> = ["queue", "running", "done", "failed"]
         .iter()
@@ -352,6 +391,108 @@ fn a_worker_killed_mid_job_is_recovered_and_the_job_ends_exactly_once() {
         .collect();
     assert_eq!(all.len(), 1, "exactly one entry for the job: {all:?}");
     assert!(sb.containers().is_empty(), "container left behind");
+}
+
+/// Every `.bs-tmp` file below a directory.
+fn temps_below(dir: &std::path::Path) -> Vec<String> {
+    let out = std::process::Command::new("find")
+        .arg(dir)
+        .args(["-name", "*.bs-tmp"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn temps_a_killed_worker_left_in_both_trees_are_swept() {
+    require_engine();
+    let sb = Sandbox::new("temps", "");
+    let mut job = sb.job(
+        "tmp",
+        &[
+            "sh",
+            "-c",
+            "mkdir -p output; printf 'a,b\\n1,2\\n' > output/t.csv",
+        ],
+    );
+    job["outputs"] = json!({"moderately_sensitive": ["output/t.csv"]});
+    sb.submit(&job);
+    // Killed with its temps written and not renamed: first in the high
+    // tree; the next worker sweeps that and is killed in the medium tree.
+    let temps = || -> Vec<String> {
+        [sb.high(), sb.medium()]
+            .iter()
+            .flat_map(|t| temps_below(t))
+            .collect()
+    };
+    for (nth, tree) in [
+        ("before_rename:1", "/high_privacy/"),
+        ("before_rename:2", "/medium_privacy/"),
+    ] {
+        let out = sb
+            .cmd()
+            .args(["work", "--once"])
+            .env("BS_JOBS_CRASH_AT", nth)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            None,
+            "{nth}: the crash point did not kill the worker"
+        );
+        let left = temps();
+        assert!(
+            left.len() == 1 && left[0].contains(tree),
+            "after {nth}: want one temp in {tree}: {left:?}"
+        );
+    }
+    let (code, recs, err) = sb.run(&["work", "--once"]);
+    assert_eq!(code, 0, "{err} {recs:?}");
+    let (state, e) = sb.finished("tmp");
+    assert_eq!(state, "done", "{e:#}");
+    // Killed while finalizing, twice: the run was finalized from its exited
+    // container each time, never started again.
+    assert_eq!(e["attempts"], 1, "{e:#}");
+    let left = temps();
+    assert!(left.is_empty(), "temps left behind: {left:?}");
+    assert!(sb.medium().join("output/t.csv").is_file());
+}
+
+#[test]
+fn job_containers_carry_job_runners_labels() {
+    require_engine();
+    let sb = Sandbox::new("labels", "");
+    sb.submit(&sb.job("labelled", &["sleep", "3"]));
+    let mut worker = sb
+        .cmd()
+        .args(["work", "--once"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(sb.wait_for_container(Duration::from_secs(30)));
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            "label=job-runner",
+            "--filter",
+            &format!("label=workspace={}", sb.ws),
+            "--filter",
+            "label=action=labelled",
+        ])
+        .output()
+        .unwrap();
+    let found = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(worker.wait().unwrap().success());
+    assert_eq!(
+        found.len(),
+        12,
+        "no container with job-runner's labels: {found:?}"
+    );
 }
 
 #[test]

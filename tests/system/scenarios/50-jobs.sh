@@ -27,7 +27,9 @@ st_tool bs-users --root "$mp" --repo /opt/bs --backend test apply
 assert_eq 0 "$ST_RC" "bs-users apply"
 st_tool bs-perms --root "$mp" --repo /opt/bs --backend test apply
 assert_eq 0 "$ST_RC" "bs-perms apply"
-st_exec mkdir -p "$mp/etc/bs"
+st_exec mkdir -p "$mp/etc/bs" "$mp/var/run"
+# bs-jobs reaches the engine at [docker] socket under its root, as bs-docker does.
+st_exec ln -s /var/run/docker.sock "$mp/var/run/docker.sock"
 
 st_step "submit validates: a bad job exits 2 naming the field"
 st_exec sh -c 'cat >/tmp/bad.json' <<JSON
@@ -60,7 +62,7 @@ assert_failure "a CSV with patient_id is not in medium" st_exec test -e "$medium
 assert_contains "$(st_exec cat "$medium/output/rows.csv.txt")" "patient_id" "the note says why"
 sum=$(st_exec sha256sum "$high/output/table.csv" | cut -d' ' -f1)
 manifest=$(st_exec cat "$high/metadata/manifest.json")
-assert_json_eq '.outputs["output/table.csv"].sha256' "\"$sum\"" "$manifest" "manifest sha256"
+assert_json_eq '.outputs["output/table.csv"].content_hash' "\"$sum\"" "$manifest" "manifest content_hash"
 assert_json_eq '.outputs["output/table.csv"].row_count' 2 "$manifest" "manifest row count"
 assert_contains "$(st_exec cat "$medium/metadata/analyse.log")" "ran as 10000" "the log is in medium"
 

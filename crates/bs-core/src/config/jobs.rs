@@ -41,6 +41,16 @@ pub struct JobsConfig {
     /// HTTP attempts per request of the poller and the first backoff.
     pub http_attempts: u32,
     pub http_backoff_ms: u64,
+    /// The backend's database checks for the controller's `dbstatus` and
+    /// `dbdatacheck` tasks: an argv whose last line of output is the status
+    /// (`dbdatacheck` gets the expected month as its last argument). Empty:
+    /// such a task is answered with a `NotConfigured` error.
+    pub dbstatus_command: Vec<String>,
+    pub dbdatacheck_command: Vec<String>,
+    /// The engine network of jobs with database access (`[docker.networks]`
+    /// declares it; job-runner's `jobrunner-db`); its firewall lets it
+    /// reach only the databases.
+    pub database_network: String,
 }
 
 impl Default for JobsConfig {
@@ -69,6 +79,9 @@ impl Default for JobsConfig {
             .collect(),
             http_attempts: 4,
             http_backoff_ms: 500,
+            dbstatus_command: Vec::new(),
+            dbdatacheck_command: Vec::new(),
+            database_network: "jobs-db".into(),
         }
     }
 }
@@ -106,6 +119,25 @@ impl JobsConfig {
         }
         if !self.controller.is_empty() && !super::is_http_url(&self.controller) {
             return Err(layers.error("jobs.controller", "must be an http(s) URL"));
+        }
+        for (key, argv) in [
+            ("jobs.dbstatus_command", &self.dbstatus_command),
+            ("jobs.dbdatacheck_command", &self.dbdatacheck_command),
+        ] {
+            if argv.first().is_some_and(|p| !p.starts_with('/')) {
+                return Err(layers.error(key, "the program must be an absolute path"));
+            }
+        }
+        if self.database_network.is_empty()
+            || matches!(
+                self.database_network.as_str(),
+                "none" | "host" | "bridge" | "default"
+            )
+        {
+            return Err(layers.error(
+                "jobs.database_network",
+                "must name the database network (not none, host, bridge or default)",
+            ));
         }
         for t in &self.medium_allowed_types {
             if t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric()) {

@@ -44,6 +44,13 @@ impl Sandbox {
             .tempdir()
             .unwrap();
         std::fs::create_dir_all(dir.path().join("etc/bs")).unwrap();
+        // bs-jobs reaches the engine at `[docker] socket` under the root.
+        std::fs::create_dir_all(dir.path().join("var/run")).unwrap();
+        std::os::unix::fs::symlink(
+            "/var/run/docker.sock",
+            dir.path().join("var/run/docker.sock"),
+        )
+        .unwrap();
         let limit = if extra.contains("time_limit_secs") {
             ""
         } else {
