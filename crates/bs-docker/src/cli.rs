@@ -30,6 +30,13 @@ pub enum Command {
     },
     /// Like plan; exit 3 when something differs.
     Check,
+    /// Converge only the DOCKER-USER rules of the database networks (what
+    /// the bs-docker-firewall unit runs each time the engine starts).
+    Firewall {
+        /// Report drift (exit 3) instead of changing anything.
+        #[arg(long)]
+        check: bool,
+    },
     /// The engine and one record per declared service.
     Status,
     /// Running job containers with workspace, action, start time and usage.

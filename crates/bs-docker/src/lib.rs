@@ -8,6 +8,7 @@ pub mod change;
 pub mod cli;
 pub mod daemon;
 pub mod error;
+pub mod firewall;
 pub mod images;
 pub mod network;
 pub mod ps;
@@ -39,6 +40,28 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
                 None => None,
             };
             converge(&cli.global, &root, &config, out, Mode::Apply, given, force)
+        }
+        Command::Firewall { check } => {
+            let mode = if check { Mode::Check } else { Mode::Apply };
+            out.set_mode(mode);
+            let _lock = if check {
+                None
+            } else {
+                Some(cli.global.lock(&root)?)
+            };
+            let runner = SystemRunner::new(&root);
+            let mut planned = Vec::new();
+            plan_firewall(&runner, &config, out, &mut planned);
+            for p in planned {
+                if let Planned::Firewall { change, wanted } = p {
+                    if mode == Mode::Apply {
+                        apply_firewall(&runner, &wanted, change, out);
+                    } else {
+                        out.item("firewall", true, &change);
+                    }
+                }
+            }
+            Ok(Map::new())
         }
         Command::Status => status(&root, &config, out),
         Command::Ps => {
@@ -78,6 +101,10 @@ enum Planned {
         change: Change,
         name: String,
     },
+    Firewall {
+        change: Change,
+        wanted: firewall::Wanted,
+    },
     Service {
         change: Change,
         desired: Box<service::Desired>,
@@ -91,6 +118,7 @@ impl Planned {
             Planned::Daemon { change, .. }
             | Planned::Restart { change }
             | Planned::Network { change, .. }
+            | Planned::Firewall { change, .. }
             | Planned::Service { change, .. } => change,
         }
     }
@@ -222,6 +250,9 @@ fn converge(
     }
 
     // ---- networks and services -------------------------------------------------
+    // Before the networks: a database network never exists without the
+    // rules that confine it. They need no engine.
+    plan_firewall(&runner, config, out, &mut planned);
     if let Some(engine) = &engine {
         plan_networks(engine, config, out, &mut planned);
         plan_services(engine, root, config, out, &mut planned);
@@ -266,6 +297,7 @@ fn converge(
                     engine = Some(e);
                 }
             }
+            Planned::Firewall { change, wanted } => apply_firewall(&runner, &wanted, change, out),
             Planned::Network { change, name } => {
                 if let Some(engine) = &engine {
                     apply_network(engine, config, &name, change, force, out);
@@ -452,6 +484,66 @@ fn restart_engine(
             }
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
         }
+    }
+}
+
+/// Read the DOCKER-USER rules of each database network; what differs is
+/// planned. Under a sandbox root iptables is not run (reported as skipped).
+fn plan_firewall(
+    runner: &dyn Runner,
+    config: &Config,
+    out: &mut Output,
+    planned: &mut Vec<Planned>,
+) {
+    for w in firewall::wanted(config) {
+        let mut ran = Vec::new();
+        let result = firewall::inspect(runner, &w, &mut ran);
+        for r in ran.iter().filter(|r| r.skipped) {
+            out.emit("command", r);
+        }
+        let base = json!({"target": w.network, "bridge": w.bridge, "chain": firewall::CHAIN,
+                          "addresses": w.addresses, "fails_closed": w.addresses.is_empty()});
+        match result {
+            Err(f) => out.error(f.kind, &w.network, &f.message),
+            Ok(rep) if rep.skipped => {
+                let mut v = base;
+                v["action"] = json!("none");
+                v["inspected"] = json!(false);
+                v["reason"] = json!("sandbox root: iptables on the live host not run");
+                out.item("firewall", false, &v);
+            }
+            Ok(rep) if rep.missing.is_empty() && rep.extra.is_empty() => {
+                let mut v = base;
+                v["action"] = json!("none");
+                v["inspected"] = json!(true);
+                out.item("firewall", false, &v);
+            }
+            Ok(rep) => planned.push(Planned::Firewall {
+                change: Change::UpdateFirewall {
+                    target: w.network.clone(),
+                    bridge: w.bridge.clone(),
+                    missing: rep.missing,
+                    extra: rep.extra,
+                },
+                wanted: w,
+            }),
+        }
+    }
+}
+
+fn apply_firewall(runner: &dyn Runner, w: &firewall::Wanted, change: Change, out: &mut Output) {
+    let mut ran = Vec::new();
+    let result = firewall::converge(runner, w, &mut ran);
+    // The changes, not the listings and checks around them.
+    for r in ran
+        .iter()
+        .filter(|r| r.argv.iter().any(|a| a == "-I" || a == "-D"))
+    {
+        out.emit("command", r);
+    }
+    match result {
+        Ok(_) => out.item("firewall", true, &change),
+        Err(f) => out.error(f.kind, &w.network, &f.message),
     }
 }
 

@@ -27,8 +27,8 @@ use serde::Deserialize;
 
 pub use chrony::{ChronyConfig, ServiceManagerKind};
 pub use docker::{
-    parse_mount, parse_port, parse_size, DockerConfig, MountEntry, NetworkSpec, PortEntry,
-    ServiceSpec,
+    canonical_ipv4, parse_mount, parse_port, parse_size, valid_interface_name, DockerConfig,
+    MountEntry, NetworkSpec, PortEntry, ServiceSpec,
 };
 pub use jobs::{parse_memory, JobsConfig};
 pub use layers::Layers;
