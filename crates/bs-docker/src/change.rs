@@ -39,6 +39,11 @@ pub enum Change {
         missing: Vec<String>,
         extra: Vec<String>,
     },
+    /// Write the unit that re-applies the firewall after the engine starts.
+    WriteUnit {
+        target: String,
+        content: String,
+    },
     CreateService {
         target: String,
         image: String,
@@ -64,6 +69,7 @@ impl bs_core::plan::Change for Change {
             Change::RestartEngine { .. } => "engine",
             Change::CreateNetwork { .. } | Change::RecreateNetwork { .. } => "network",
             Change::UpdateFirewall { .. } => "firewall",
+            Change::WriteUnit { .. } => "unit",
             Change::CreateService { .. }
             | Change::RecreateService { .. }
             | Change::StartService { .. } => "service",
@@ -77,6 +83,7 @@ impl bs_core::plan::Change for Change {
             | Change::CreateNetwork { target, .. }
             | Change::RecreateNetwork { target, .. }
             | Change::UpdateFirewall { target, .. }
+            | Change::WriteUnit { target, .. }
             | Change::CreateService { target, .. }
             | Change::RecreateService { target, .. }
             | Change::StartService { target, .. } => target.clone(),

@@ -64,6 +64,13 @@ pub enum ImagesCommand {
     },
     /// Load a `docker save` archive (for backends with no registry).
     Load { archive: PathBuf },
+    /// Pull a job image through the registry proxy (by digest when one is
+    /// given, verified), tag it as job-runner does, then remove the old
+    /// untagged images of that action that no container uses.
+    Update {
+        /// NAME[:TAG][@sha256:DIGEST], NAME without the registry (`ehrql:v1`).
+        image: String,
+    },
     /// Remove images carrying a label, keeping the newest N and any image
     /// a container (running or not) uses.
     Prune {

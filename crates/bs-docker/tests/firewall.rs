@@ -253,3 +253,50 @@ fn database_addresses_need_a_bridge_name_and_ipv4() {
     let (code, _) = sb.run(&["firewall", "--check"]);
     assert_eq!(code, 2);
 }
+
+#[test]
+fn apply_installs_the_unit_that_reapplies_the_rules_after_the_engine_starts() {
+    let sb = Sandbox::new(false);
+    sb.backend(&backend("[\"198.18.40.5\"]"));
+    let (code, recs) = sb.run(&["check"]);
+    assert_eq!(code, 3, "a missing unit is drift: {recs:#?}");
+    let (code, recs) = sb.run(&["apply"]);
+    assert_eq!(code, 0, "{recs:#?}");
+    let unit = read(&sb.path("/etc/systemd/system/bs-docker-firewall.service"));
+    for line in [
+        "After=docker.service",
+        "PartOf=docker.service",
+        "WantedBy=docker.service",
+        "Before=bs-jobs-worker.service",
+        "Environment=BS_REPO=/var/lib/bs/repo",
+        &format!("Environment=BS_BACKEND={BACKEND}"),
+        "ExecStart=/usr/local/bin/bs-docker firewall",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "{line} missing from {unit}"
+        );
+    }
+    // The unit loads the config from the snapshot apply wrote.
+    assert!(sb
+        .path(&format!("/var/lib/bs/repo/backends/{BACKEND}/backend.toml"))
+        .exists());
+    let cmds: Vec<_> = of_type(&recs, "command")
+        .into_iter()
+        .filter(|c| c["argv"][0] == "systemctl")
+        .collect();
+    assert_eq!(cmds.len(), 2, "{recs:#?}");
+    assert!(cmds.iter().all(|c| c["skipped"] == true));
+    // apply also wrote daemon.json: the restart it owes is settled by hand.
+    sb.engine_restarted_by_hand();
+    let (code, recs) = sb.run(&["check"]);
+    assert_eq!(code, 0, "{recs:#?}");
+    assert_eq!(
+        find(
+            &recs,
+            "unit",
+            "/etc/systemd/system/bs-docker-firewall.service"
+        )["changed"],
+        false
+    );
+}

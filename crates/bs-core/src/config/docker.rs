@@ -33,6 +33,23 @@ pub struct DockerConfig {
     pub group: String,
     pub networks: BTreeMap<String, NetworkSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
+    /// Keep the DOCKER-USER rules of networks with `database_addresses`.
+    /// Only a machine whose engine is not in its own network namespace (a
+    /// test container using the host's engine through its socket) sets
+    /// false: there the rules cannot reach the engine's bridges.
+    pub manage_firewall: bool,
+    /// Job images are pulled from here (the backend's proxy of the public
+    /// registry): `<registry_proxy>/<name>@<digest>`.
+    pub registry_proxy: String,
+    /// What jobs call the images: pulled images are also tagged
+    /// `<registry>/<name>:<tag>`, as job-runner tags them.
+    pub registry: String,
+    /// The longest a pull may take before it is abandoned (a stalled
+    /// registry); job images are large.
+    pub pull_timeout_secs: u64,
+    /// The image label naming the action (`ehrql`); `images update` prunes
+    /// the old untagged images carrying it.
+    pub image_action_label: String,
 }
 
 impl Default for DockerConfig {
@@ -46,6 +63,11 @@ impl Default for DockerConfig {
             group: "docker".into(),
             networks: BTreeMap::new(),
             services: BTreeMap::new(),
+            manage_firewall: true,
+            registry_proxy: "docker-proxy.opensafely.org/opensafely-core".into(),
+            registry: "ghcr.io/opensafely-core".into(),
+            pull_timeout_secs: 1800,
+            image_action_label: "org.opensafely.action".into(),
         }
     }
 }
@@ -320,6 +342,25 @@ impl DockerConfig {
                     ));
                 }
             }
+        }
+        for (key, v) in [
+            ("registry_proxy", &self.registry_proxy),
+            ("registry", &self.registry),
+        ] {
+            let ok = !v.is_empty()
+                && !v.contains("://")
+                && !v.ends_with('/')
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_/:".contains(c));
+            if !ok {
+                return Err(layers.error(
+                    &format!("docker.{key}"),
+                    "a registry host and path like docker-proxy.example.org/opensafely-core (no scheme, no trailing /)",
+                ));
+            }
+        }
+        if self.pull_timeout_secs == 0 {
+            return Err(layers.error("docker.pull_timeout_secs", "must be at least 1"));
         }
         for name in self.networks.keys() {
             if !valid_name(name) || ["bridge", "host", "none"].contains(&name.as_str()) {
