@@ -28,7 +28,7 @@ ns=bsst-db-$run
 veth_host=bsdbh$((run % 100000))
 veth_ns=bsdbn$((run % 100000))
 bridge=bsstbr$((run % 100000))
-net=bs-st-dbnet-$run
+dbnet=bs-st-dbnet-$run
 db=198.18.77.2
 other=198.18.77.3
 work=$(mktemp -d /tmp/bs-st-firewall.XXXXXX)
@@ -40,7 +40,7 @@ cleanup() {
     local rc=$? spec
     set +e
     docker ps -aq --filter "label=bs.systest.run=$run" | xargs -r docker rm -f >/dev/null 2>&1
-    docker network rm "$net" >/dev/null 2>&1
+    docker network rm "$dbnet" >/dev/null 2>&1
     # Only rules of this test's bridge, from the bottom up.
     while spec=$(iptables -w 10 -S DOCKER-USER | grep -m1 -- "-i $bridge ") && [[ -n $spec ]]; do
         # shellcheck disable=SC2086 # the rule's words, as iptables printed them
@@ -104,13 +104,13 @@ cat >"$repo/backends/st/backend.toml" <<EOF
 [backend]
 name = "st"
 
-[docker.networks.$net]
+[docker.networks.$dbnet]
 icc = false
 subnet = "198.18.78.0/24"
 bridge_name = "$bridge"
 database_addresses = ["$db"]
 
-[docker.networks.$net.labels]
+[docker.networks.$dbnet.labels]
 "bs.systest" = "1"
 "bs.systest.run" = "$run"
 EOF
@@ -126,12 +126,12 @@ bsd() { # bsd ROOT ARGS...: bs-docker; its JSON in $out, its exit status in $rc
 st_step "apply under a sandbox root: the network is created; iptables is skipped and said so"
 bsd "$root" apply
 assert_eq 0 "$rc" "apply exits 0"
-assert_json_eq "select(.type==\"network\" and .target==\"$net\") | .action" create_network "$out" \
+assert_json_eq "select(.type==\"network\" and .target==\"$dbnet\") | .action" create_network "$out" \
     "the network is created"
 assert_json_eq "select(.type==\"firewall\") | .inspected" false "$out" "firewall not inspected"
 assert_json_eq 'select(.type=="command" and .argv[0]=="iptables") | .skipped' true "$out" \
     "iptables reported as skipped"
-assert_eq "$bridge" "$(docker network inspect -f '{{index .Options "com.docker.network.bridge.name"}}' "$net")" \
+assert_eq "$bridge" "$(docker network inspect -f '{{index .Options "com.docker.network.bridge.name"}}' "$dbnet")" \
     "the network's bridge has its declared name"
 
 st_step "firewall on the live root: the rules of this bridge, ACCEPT above REJECT"
@@ -154,18 +154,18 @@ probe() { # probe NETWORK ADDRESS: what a container on NETWORK gets from ADDRESS
         bs-busybox:latest sh -c "printf '\\000\\000\\000\\010\\004\\322\\026\\057' | nc -w 3 $2 5432" 2>&1
 }
 st_step "a container on the network reaches PostgreSQL and nothing else"
-assert_eq N "$(probe "$net" "$db")" "PostgreSQL answers the SSLRequest (no SSL)"
-assert_failure "the other listener is refused" probe "$net" "$other"
+assert_eq N "$(probe "$dbnet" "$db")" "PostgreSQL answers the SSLRequest (no SSL)"
+assert_failure "the other listener is refused" probe "$dbnet" "$other"
 assert_failure "a container with no network reaches nothing" probe none "$db"
 
 st_step "without the REJECT the other listener is reached: the rule is what blocks; check and firewall see to it"
 iptables -w 10 -D DOCKER-USER -i "$bridge" -j REJECT
-reached=$(probe "$net" "$other" || true)
+reached=$(probe "$dbnet" "$other" || true)
 assert_contains "$reached" "Error response" "the other listener (an HTTP server) answers once the REJECT is gone"
 bsd / firewall --check
 assert_eq 3 "$rc" "check: the lost REJECT is drift"
 bsd / firewall
 assert_eq 0 "$rc" "firewall puts it back"
 assert_eq "$rules" "$(iptables -w 10 -S DOCKER-USER | grep -- "-i $bridge ")" "the rules as before"
-assert_failure "the other listener is refused again" probe "$net" "$other"
-assert_eq N "$(probe "$net" "$db")" "PostgreSQL still answers"
+assert_failure "the other listener is refused again" probe "$dbnet" "$other"
+assert_eq N "$(probe "$dbnet" "$db")" "PostgreSQL still answers"
