@@ -175,7 +175,7 @@ pub fn analyse(listed: &[Listed], w: &Wanted) -> Drift {
         let want = Rule::Accept(addr.clone());
         let found = ours
             .iter()
-            .find(|l| l.rule.as_ref() == Some(&want) && reject.is_none_or(|r| l.pos < r));
+            .find(|l| l.rule.as_ref() == Some(&want) && reject.map_or(true, |r| l.pos < r));
         match found {
             Some(l) => keep.push(l.pos),
             None => missing.push(want),

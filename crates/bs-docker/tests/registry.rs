@@ -15,13 +15,16 @@ use common::*;
 
 const REGISTRY: &str = "bstest-ghcr/opensafely-core";
 
-/// A child process killed when dropped.
-struct Proc(Child, Option<tempfile::TempDir>);
+/// A child process killed when dropped (with the directory it serves).
+struct Proc {
+    child: Child,
+    _dir: Option<tempfile::TempDir>,
+}
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -70,7 +73,10 @@ fn registry() -> (Proc, u16) {
         .stderr(Stdio::null())
         .spawn()
         .expect("docker-registry must be installed (bin/bootstrap installs it)");
-    let p = Proc(child, Some(dir));
+    let p = Proc {
+        child,
+        _dir: Some(dir),
+    };
     wait_for(port, "/v2/");
     (p, port)
 }
@@ -106,7 +112,7 @@ fn bad_registry(how: &str) -> (Proc, u16) {
         assert!(Instant::now() < deadline, "the stand-in did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
-    (Proc(child, None), port)
+    (Proc { child, _dir: None }, port)
 }
 
 fn docker(args: &[&str]) -> String {
