@@ -31,6 +31,19 @@ pub enum Change {
         target: String,
         differences: Vec<String>,
     },
+    /// Insert the missing DOCKER-USER rules of a database network and
+    /// delete its extra ones (iptables -S spellings).
+    UpdateFirewall {
+        target: String,
+        bridge: String,
+        missing: Vec<String>,
+        extra: Vec<String>,
+    },
+    /// Write the unit that re-applies the firewall after the engine starts.
+    WriteUnit {
+        target: String,
+        content: String,
+    },
     CreateService {
         target: String,
         image: String,
@@ -55,6 +68,8 @@ impl bs_core::plan::Change for Change {
             Change::UpdateDaemonJson { .. } => "daemon_json",
             Change::RestartEngine { .. } => "engine",
             Change::CreateNetwork { .. } | Change::RecreateNetwork { .. } => "network",
+            Change::UpdateFirewall { .. } => "firewall",
+            Change::WriteUnit { .. } => "unit",
             Change::CreateService { .. }
             | Change::RecreateService { .. }
             | Change::StartService { .. } => "service",
@@ -67,6 +82,8 @@ impl bs_core::plan::Change for Change {
             | Change::RestartEngine { target }
             | Change::CreateNetwork { target, .. }
             | Change::RecreateNetwork { target, .. }
+            | Change::UpdateFirewall { target, .. }
+            | Change::WriteUnit { target, .. }
             | Change::CreateService { target, .. }
             | Change::RecreateService { target, .. }
             | Change::StartService { target, .. } => target.clone(),

@@ -30,6 +30,13 @@ pub enum Command {
     },
     /// Like plan; exit 3 when something differs.
     Check,
+    /// Converge only the DOCKER-USER rules of the database networks (what
+    /// the bs-docker-firewall unit runs each time the engine starts).
+    Firewall {
+        /// Report drift (exit 3) instead of changing anything.
+        #[arg(long)]
+        check: bool,
+    },
     /// The engine and one record per declared service.
     Status,
     /// Running job containers with workspace, action, start time and usage.
@@ -57,6 +64,13 @@ pub enum ImagesCommand {
     },
     /// Load a `docker save` archive (for backends with no registry).
     Load { archive: PathBuf },
+    /// Pull a job image through the registry proxy (by digest when one is
+    /// given, verified), tag it as job-runner does, then remove the old
+    /// untagged images of that action that no container uses.
+    Update {
+        /// NAME[:TAG][@sha256:DIGEST], NAME without the registry (`ehrql:v1`).
+        image: String,
+    },
     /// Remove images carrying a label, keeping the newest N and any image
     /// a container (running or not) uses.
     Prune {

@@ -15,7 +15,7 @@ use serde_json::json;
 use bs_core::Output;
 
 use crate::cli::ImagesCommand;
-use bs_engine::{Engine, EngineError};
+use bs_engine::{registry, Engine, EngineError};
 
 pub fn run(engine: &Engine, cmd: ImagesCommand, out: &mut Output) -> Result<(), EngineError> {
     match cmd {
@@ -27,7 +27,75 @@ pub fn run(engine: &Engine, cmd: ImagesCommand, out: &mut Output) -> Result<(), 
         } => import(engine, &tarball, &tag, &labels, out),
         ImagesCommand::Load { archive } => load(engine, &archive, out),
         ImagesCommand::Prune { label, keep } => prune(engine, &label, keep, out),
+        // Needs the config: lib.rs calls `update` itself.
+        ImagesCommand::Update { .. } => Ok(()),
     }
+}
+
+/// `images update`: pull through the proxy, verify, tag (bs-engine's
+/// registry module, which bs-jobs uses for a missing `image_sha`), then
+/// remove the untagged images of the same action that no container uses
+/// (the ones the tags just moved away from, and older leftovers).
+pub fn update(
+    engine: &Engine,
+    config: &bs_core::config::Config,
+    wanted: &registry::Wanted,
+    out: &mut Output,
+) -> Result<(), EngineError> {
+    let d = &config.docker;
+    let src = registry::Source {
+        proxy: d.registry_proxy.clone(),
+        registry: d.registry.clone(),
+    };
+    let limit = std::time::Duration::from_secs(d.pull_timeout_secs);
+    let target = format!("{}:{}", src.registry_repo(&wanted.name), wanted.tag);
+    let present = match registry::ensure_present(engine, &src, wanted, true, limit) {
+        Ok(p) => p,
+        Err(e) => {
+            out.error(e.kind(), &e.target(), &e.to_string());
+            return Ok(());
+        }
+    };
+    out.item(
+        "image",
+        present.changed,
+        &json!({"action": if present.changed {"update"} else {"none"}, "target": target,
+                "source": src.pull_ref(wanted), "id": present.id, "digest": present.digest,
+                "tagged": present.tagged, "replaced": present.replaced}),
+    );
+    let action = wanted.name.rsplit('/').next().unwrap_or(&wanted.name);
+    let label = format!("{}={action}", d.image_action_label);
+    let mut filters: HashMap<&str, Vec<&str>> = HashMap::new();
+    filters.insert("label", vec![label.as_str()]);
+    filters.insert("dangling", vec!["true"]);
+    let old = engine
+        .block_on(engine.docker().list_images(Some(
+            ListImagesOptionsBuilder::new().filters(&filters).build(),
+        )))
+        .map_err(|e| engine.error("list images", &label, e))?;
+    let used = users(engine)?;
+    for i in old {
+        if i.id == present.id {
+            continue;
+        }
+        if let Some(by) = used.get(&i.id) {
+            out.item("image", false, &json!({"action": "keep", "target": i.id, "label": label, "reason": "used by a container", "used_by": by}));
+            continue;
+        }
+        let opts = RemoveImageOptionsBuilder::new().force(false).build();
+        match engine.block_on(engine.docker().remove_image(&i.id, Some(opts), None)) {
+            Ok(_) => out.item(
+                "image",
+                true,
+                &json!({"action": "remove", "target": i.id, "label": label}),
+            ),
+            Err(e) => {
+                let e = engine.error("remove image", &i.id, e);
+                out.error(e.kind(), &i.id, &e.to_string());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Image id -> names of the containers (any state) using it.

@@ -8,10 +8,12 @@ pub mod change;
 pub mod cli;
 pub mod daemon;
 pub mod error;
+pub mod firewall;
 pub mod images;
 pub mod network;
 pub mod ps;
 pub mod service;
+pub mod unit;
 
 use serde_json::{json, Map, Value};
 
@@ -40,10 +42,45 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
             };
             converge(&cli.global, &root, &config, out, Mode::Apply, given, force)
         }
+        Command::Firewall { check } => {
+            let mode = if check { Mode::Check } else { Mode::Apply };
+            out.set_mode(mode);
+            let _lock = if check {
+                None
+            } else {
+                Some(cli.global.lock(&root)?)
+            };
+            let runner = SystemRunner::new(&root);
+            let mut planned = Vec::new();
+            plan_firewall(&runner, &config, out, &mut planned);
+            for p in planned {
+                if let Planned::Firewall { change, wanted } = p {
+                    if mode == Mode::Apply {
+                        apply_firewall(&runner, &wanted, change, out);
+                    } else {
+                        out.item("firewall", true, &change);
+                    }
+                }
+            }
+            Ok(Map::new())
+        }
         Command::Status => status(&root, &config, out),
         Command::Ps => {
             let engine = connect(&root, &config)?;
             ps::ps(&engine, out)?;
+            Ok(Map::new())
+        }
+        Command::Images {
+            command: cli::ImagesCommand::Update { image },
+        } => {
+            let wanted =
+                bs_engine::registry::Wanted::parse(&image).map_err(|e| DockerError::Invalid {
+                    target: e.target(),
+                    message: e.to_string(),
+                })?;
+            let engine = connect(&root, &config)?;
+            let _lock = cli.global.lock(&root)?;
+            images::update(&engine, &config, &wanted, out)?;
             Ok(Map::new())
         }
         Command::Images { command } => {
@@ -78,6 +115,13 @@ enum Planned {
         change: Change,
         name: String,
     },
+    Firewall {
+        change: Change,
+        wanted: firewall::Wanted,
+    },
+    Unit {
+        change: Change,
+    },
     Service {
         change: Change,
         desired: Box<service::Desired>,
@@ -91,6 +135,8 @@ impl Planned {
             Planned::Daemon { change, .. }
             | Planned::Restart { change }
             | Planned::Network { change, .. }
+            | Planned::Firewall { change, .. }
+            | Planned::Unit { change }
             | Planned::Service { change, .. } => change,
         }
     }
@@ -222,6 +268,22 @@ fn converge(
     }
 
     // ---- networks and services -------------------------------------------------
+    // Before the networks: a database network never exists without the
+    // rules that confine it. They need no engine.
+    plan_firewall(&runner, config, out, &mut planned);
+    if let Some(content) = unit::wanted(config) {
+        // The unit reads the snapshot: it must be there first.
+        let snap = bs_core::config::Snapshot::capture(&config.source(), root)?;
+        snap.converge(root, mode, &snap.stale(root)?, out)?;
+        let target = root.display_path(&unit::path(root));
+        if unit::stale(root, &content) {
+            planned.push(Planned::Unit {
+                change: Change::WriteUnit { target, content },
+            });
+        } else {
+            out.item("unit", false, &json!({"action": "none", "target": target}));
+        }
+    }
     if let Some(engine) = &engine {
         plan_networks(engine, config, out, &mut planned);
         plan_services(engine, root, config, out, &mut planned);
@@ -266,6 +328,8 @@ fn converge(
                     engine = Some(e);
                 }
             }
+            Planned::Firewall { change, wanted } => apply_firewall(&runner, &wanted, change, out),
+            Planned::Unit { change } => apply_unit(&runner, root, change, out),
             Planned::Network { change, name } => {
                 if let Some(engine) = &engine {
                     apply_network(engine, config, &name, change, force, out);
@@ -451,6 +515,113 @@ fn restart_engine(
                 return None;
             }
             Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
+}
+
+/// Read the DOCKER-USER rules of each database network; what differs is
+/// planned. Under a sandbox root iptables is not run (reported as skipped).
+fn plan_firewall(
+    runner: &dyn Runner,
+    config: &Config,
+    out: &mut Output,
+    planned: &mut Vec<Planned>,
+) {
+    for w in firewall::wanted(config) {
+        let base = json!({"target": w.network, "bridge": w.bridge, "chain": firewall::CHAIN,
+                          "addresses": w.addresses, "fails_closed": w.addresses.is_empty()});
+        if !config.docker.manage_firewall {
+            let mut v = base;
+            v["action"] = json!("none");
+            v["inspected"] = json!(false);
+            v["reason"] = json!("docker.manage_firewall is false on this machine");
+            out.item("firewall", false, &v);
+            continue;
+        }
+        let mut ran = Vec::new();
+        let result = firewall::inspect(runner, &w, &mut ran);
+        for r in ran.iter().filter(|r| r.skipped) {
+            out.emit("command", r);
+        }
+        match result {
+            Err(f) => out.error(f.kind, &w.network, &f.message),
+            Ok(rep) if rep.skipped => {
+                let mut v = base;
+                v["action"] = json!("none");
+                v["inspected"] = json!(false);
+                v["reason"] = json!("sandbox root: iptables on the live host not run");
+                out.item("firewall", false, &v);
+            }
+            Ok(rep) if rep.missing.is_empty() && rep.extra.is_empty() => {
+                let mut v = base;
+                v["action"] = json!("none");
+                v["inspected"] = json!(true);
+                out.item("firewall", false, &v);
+            }
+            Ok(rep) => planned.push(Planned::Firewall {
+                change: Change::UpdateFirewall {
+                    target: w.network.clone(),
+                    bridge: w.bridge.clone(),
+                    missing: rep.missing,
+                    extra: rep.extra,
+                },
+                wanted: w,
+            }),
+        }
+    }
+}
+
+fn apply_firewall(runner: &dyn Runner, w: &firewall::Wanted, change: Change, out: &mut Output) {
+    let mut ran = Vec::new();
+    let result = firewall::converge(runner, w, &mut ran);
+    // The changes, not the listings and checks around them.
+    for r in ran
+        .iter()
+        .filter(|r| r.argv.iter().any(|a| a == "-I" || a == "-D"))
+    {
+        out.emit("command", r);
+    }
+    match result {
+        Ok(_) => out.item("firewall", true, &change),
+        Err(f) => out.error(f.kind, &w.network, &f.message),
+    }
+}
+
+/// Write the unit, then have systemd load and enable it (where systemd is
+/// the init: in a container the file is in place for when it is).
+fn apply_unit(runner: &dyn Runner, root: &Root, change: Change, out: &mut Output) {
+    let Change::WriteUnit { content, .. } = &change else {
+        return;
+    };
+    let path = unit::path(root);
+    let spec = bs_core::safefs::FileSpec::root(0o644);
+    let written = path
+        .parent()
+        .map_or(Ok(()), |dir| {
+            bs_core::safefs::ensure_dir_all(dir, &bs_core::safefs::FileSpec::root(0o755))
+        })
+        .and_then(|_| bs_core::safefs::write_atomic(&path, content.as_bytes(), &spec));
+    if let Err(e) = written {
+        out.core_error(&e);
+        return;
+    }
+    out.item("unit", true, &change);
+    if root.is_live() && !bs_core::cmd::systemd_is_init() {
+        out.emit("note", &json!({"target": "systemd", "message": "systemd is not running here: the unit is written, not enabled"}));
+        return;
+    }
+    for cmd in [
+        Cmd::new("systemctl").arg("daemon-reload").host(),
+        Cmd::new("systemctl").args(["enable", unit::NAME]).host(),
+    ] {
+        match runner.run(&cmd) {
+            Ok(ran) => {
+                out.emit("command", &ran);
+                if !ran.skipped && !ran.success() {
+                    out.error("command_failed", &cmd.argv().join(" "), &ran.stderr);
+                }
+            }
+            Err(e) => out.core_error(&e),
         }
     }
 }

@@ -10,6 +10,8 @@ use bs_core::config::NetworkSpec;
 use bs_engine::{labels, Engine, EngineError};
 
 pub const ICC_OPTION: &str = "com.docker.network.bridge.enable_icc";
+/// The bridge's interface name on the host (firewall rules match it).
+pub const BRIDGE_NAME_OPTION: &str = "com.docker.network.bridge.name";
 
 /// The network as it exists, `None` when absent.
 pub fn inspect(engine: &Engine, name: &str) -> Result<Option<Network>, EngineError> {
@@ -47,6 +49,12 @@ pub fn differences(spec: &NetworkSpec, n: &Network) -> Vec<String> {
         .unwrap_or(true);
     if icc != spec.icc {
         out.push(format!("icc is {icc}, declared {}", spec.icc));
+    }
+    if let Some(want) = &spec.bridge_name {
+        let have = n.options.as_ref().and_then(|o| o.get(BRIDGE_NAME_OPTION));
+        if have != Some(want) {
+            out.push(format!("bridge name is {have:?}, declared {want:?}"));
+        }
     }
     let have = n.labels.as_ref();
     for (key, want) in &spec.labels {
@@ -92,6 +100,9 @@ pub fn attached(n: &Network) -> Vec<String> {
 pub fn create(engine: &Engine, name: &str, spec: &NetworkSpec) -> Result<(), EngineError> {
     let mut options = HashMap::new();
     options.insert(ICC_OPTION.to_string(), spec.icc.to_string());
+    if let Some(bridge) = &spec.bridge_name {
+        options.insert(BRIDGE_NAME_OPTION.to_string(), bridge.clone());
+    }
     let mut net_labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
     net_labels.insert(labels::MANAGED_BY.to_string(), "bs-docker".to_string());
     let req = NetworkCreateRequest {

@@ -35,6 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use bs_core::Exit;
 
+pub mod registry;
+
 /// Where the engine listens unless the config says otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 

@@ -80,6 +80,11 @@ key_source = "http://127.0.0.1:$port"
 file = "backends/test/developers"
 groups = ["developers", "researchers", "reviewers", "docker", "sudo"]
 
+# The container uses the host's engine: its bridges and DOCKER-USER are not in this container's
+# network namespace (30-docker-firewall tests the rules).
+[docker]
+manage_firewall = false
+
 [docker.networks.$jobs_net.labels]
 "bs.systest" = "1"
 "bs.systest.run" = "$ST_RUN"

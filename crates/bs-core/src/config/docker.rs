@@ -33,6 +33,23 @@ pub struct DockerConfig {
     pub group: String,
     pub networks: BTreeMap<String, NetworkSpec>,
     pub services: BTreeMap<String, ServiceSpec>,
+    /// Keep the DOCKER-USER rules of networks with `database_addresses`.
+    /// Only a machine whose engine is not in its own network namespace (a
+    /// test container using the host's engine through its socket) sets
+    /// false: there the rules cannot reach the engine's bridges.
+    pub manage_firewall: bool,
+    /// Job images are pulled from here (the backend's proxy of the public
+    /// registry): `<registry_proxy>/<name>@<digest>`.
+    pub registry_proxy: String,
+    /// What jobs call the images: pulled images are also tagged
+    /// `<registry>/<name>:<tag>`, as job-runner tags them.
+    pub registry: String,
+    /// The longest a pull may take before it is abandoned (a stalled
+    /// registry); job images are large.
+    pub pull_timeout_secs: u64,
+    /// The image label naming the action (`ehrql`); `images update` prunes
+    /// the old untagged images carrying it.
+    pub image_action_label: String,
 }
 
 impl Default for DockerConfig {
@@ -46,6 +63,11 @@ impl Default for DockerConfig {
             group: "docker".into(),
             networks: BTreeMap::new(),
             services: BTreeMap::new(),
+            manage_firewall: true,
+            registry_proxy: "docker-proxy.opensafely.org/opensafely-core".into(),
+            registry: "ghcr.io/opensafely-core".into(),
+            pull_timeout_secs: 1800,
+            image_action_label: "org.opensafely.action".into(),
         }
     }
 }
@@ -66,6 +88,56 @@ pub struct NetworkSpec {
     /// `bs.managed-by`). The engine cannot relabel a network, so a declared
     /// label missing or different is drift like `internal`.
     pub labels: BTreeMap<String, String>,
+    /// The bridge's interface name on the host (the engine's
+    /// `com.docker.network.bridge.name`), instead of `br-<id>`: firewall
+    /// rules name it, so it must not change when the network is recreated.
+    /// At most 15 characters (the kernel's limit).
+    pub bridge_name: Option<String>,
+    /// The only addresses (IPv4, `A.B.C.D` or `A.B.C.D/N`) this network may
+    /// reach: bs-docker keeps the DOCKER-USER rules that reject everything
+    /// from the bridge but these (needs `bridge_name`). An empty list fails
+    /// closed: the network reaches nothing. Absent: no rules are managed.
+    pub database_addresses: Option<Vec<String>>,
+}
+
+/// Whether `name` can be a Linux interface name: 1 to 15 characters,
+/// letters, digits, `-`, `_`, `.`.
+pub fn valid_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// An IPv4 address or network as iptables prints it: `A.B.C.D/N` (a bare
+/// address is `/32`); the host bits of a network must be zero, since
+/// iptables would clear them and the rule would never compare equal.
+pub fn canonical_ipv4(text: &str) -> std::result::Result<String, String> {
+    let (addr, len) = match text.split_once('/') {
+        Some((a, l)) => (
+            a,
+            l.parse::<u8>()
+                .ok()
+                .filter(|l| *l <= 32)
+                .ok_or_else(|| format!("{text:?}: {l:?} is not a prefix length (0 to 32)"))?,
+        ),
+        None => (text, 32),
+    };
+    let ip: std::net::Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IPv4 address"))?;
+    let mask = if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len))
+    };
+    if u32::from(ip) & !mask != 0 {
+        return Err(format!("{text:?} has host bits set beyond /{len}"));
+    }
+    if len == 0 {
+        return Err(format!("{text:?} would allow every address"));
+    }
+    Ok(format!("{ip}/{len}"))
 }
 
 /// A declared service container.
@@ -271,12 +343,57 @@ impl DockerConfig {
                 }
             }
         }
+        for (key, v) in [
+            ("registry_proxy", &self.registry_proxy),
+            ("registry", &self.registry),
+        ] {
+            let ok = !v.is_empty()
+                && !v.contains("://")
+                && !v.ends_with('/')
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_/:".contains(c));
+            if !ok {
+                return Err(layers.error(
+                    &format!("docker.{key}"),
+                    "a registry host and path like docker-proxy.example.org/opensafely-core (no scheme, no trailing /)",
+                ));
+            }
+        }
+        if self.pull_timeout_secs == 0 {
+            return Err(layers.error("docker.pull_timeout_secs", "must be at least 1"));
+        }
         for name in self.networks.keys() {
             if !valid_name(name) || ["bridge", "host", "none"].contains(&name.as_str()) {
                 return Err(layers.error(
                     &format!("docker.networks.{name}"),
                     "a network name is letters, digits, - _ . and not bridge/host/none",
                 ));
+            }
+        }
+        let mut bridges = std::collections::BTreeSet::new();
+        for (name, n) in &self.networks {
+            let key = |k: &str| format!("docker.networks.{name}.{k}");
+            if let Some(b) = &n.bridge_name {
+                if !valid_interface_name(b) {
+                    return Err(layers.error(
+                        &key("bridge_name"),
+                        "an interface name: 1 to 15 letters, digits, - _ .",
+                    ));
+                }
+                if !bridges.insert(b.clone()) {
+                    return Err(layers.error(&key("bridge_name"), "used by another network"));
+                }
+            }
+            if let Some(addrs) = &n.database_addresses {
+                if n.bridge_name.is_none() {
+                    return Err(layers.error(
+                        &key("database_addresses"),
+                        "needs bridge_name: the rules match the bridge by its interface name",
+                    ));
+                }
+                for a in addrs {
+                    canonical_ipv4(a).map_err(|m| layers.error(&key("database_addresses"), m))?;
+                }
             }
         }
         for (name, s) in &self.services {
@@ -363,6 +480,20 @@ mod tests {
         assert!(parse_port("8000:80").is_err());
         assert!(parse_port("localhost:8000:80").is_err());
         assert!(parse_port("127.0.0.1:0:80").is_err());
+    }
+
+    #[test]
+    fn database_addresses_are_canonical_ipv4() {
+        assert_eq!(canonical_ipv4("10.0.0.5").unwrap(), "10.0.0.5/32");
+        assert_eq!(canonical_ipv4("10.0.0.0/24").unwrap(), "10.0.0.0/24");
+        assert!(canonical_ipv4("10.0.0.5/24").is_err(), "host bits set");
+        assert!(canonical_ipv4("0.0.0.0/0").is_err(), "everything");
+        assert!(canonical_ipv4("db.example").is_err());
+        assert!(canonical_ipv4("10.0.0.1/33").is_err());
+        assert!(canonical_ipv4("::1").is_err());
+        assert!(valid_interface_name("jobrunner-db"));
+        assert!(!valid_interface_name("a-name-too-long-x"));
+        assert!(!valid_interface_name("br 0"));
     }
 
     #[test]

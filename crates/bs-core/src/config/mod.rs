@@ -29,8 +29,8 @@ use serde::Deserialize;
 
 pub use chrony::{ChronyConfig, ServiceManagerKind};
 pub use docker::{
-    parse_mount, parse_port, parse_size, DockerConfig, MountEntry, NetworkSpec, PortEntry,
-    ServiceSpec,
+    canonical_ipv4, parse_mount, parse_port, parse_size, valid_interface_name, DockerConfig,
+    MountEntry, NetworkSpec, PortEntry, ServiceSpec,
 };
 pub use host::{parse_hosts_line, valid_package_name, HostConfig};
 pub use jobs::{parse_memory, JobsConfig};
