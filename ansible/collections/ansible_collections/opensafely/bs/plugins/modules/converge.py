@@ -17,7 +17,7 @@ description:
     their JSON Lines into the task's result.
   - By default it runs the chain of the backend's own justfile (C(backends/BACKEND/justfile),
     recipe C(manage)); with O(tools) it runs C(bin/converge) with exactly those tools.
-  - In check mode it runs the bs C(check) verb (the justfile's C(check) recipe): nothing on the
+  - In check mode it runs the bs C(check) verb (the justfile's C(check) recipe), so nothing on the
     host changes, and drift is reported as C(changed).
   - With C(--diff) every changed record is shown, per tool.
   - A failed item in one tool fails the task, and the result still holds every tool's summary
