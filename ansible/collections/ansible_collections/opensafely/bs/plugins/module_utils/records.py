@@ -57,7 +57,7 @@ def scrub(value, key=None):
         return dict((k, scrub(v, k)) for k, v in value.items())
     if isinstance(value, list):
         if key is not None and key.lower() in _ENV_KEYS:
-            return [MASK for _ in value]
+            return [MASK] * len(value)
         return [scrub(v) for v in value]
     return value
 

@@ -25,7 +25,7 @@ description:
   - The module never reads C(/etc/bs/secrets.env); the tools read it on the host. Values under
     secret-looking keys in a record are masked before they reach Ansible.
 author:
-  - The bs developers
+  - The bs developers (@opensafely-core)
 options:
   backend:
     description:
@@ -69,6 +69,7 @@ attributes:
     support: full
     description: The changed records of each tool, one line each.
   platform:
+    support: full
     platforms: posix
     description: Debian hosts with the bs tools installed.
 notes:

@@ -20,7 +20,7 @@ description:
     values of a job's environment, are masked before they reach Ansible; still run the task
     with C(no_log) when its result is printed, since job and user records name people.
 author:
-  - The bs developers
+  - The bs developers (@opensafely-core)
 options:
   backend:
     description:
@@ -61,6 +61,7 @@ attributes:
     support: full
     description: Sets the fact C(bs).
   platform:
+    support: full
     platforms: posix
     description: Debian hosts with the bs tools installed.
 requirements:
@@ -158,8 +159,8 @@ def main():
             backend=dict(type="str", required=True),
             repo=dict(type="path", required=True),
             root=dict(type="path", default="/"),
-            gather=dict(type="list", elements="str", choices=sorted(READ_VERB),
-                        default=sorted(READ_VERB)),
+            gather=dict(type="list", elements="str", choices=list(READ_VERB),
+                        default=list(READ_VERB)),
             timeout=dict(type="int", default=300),
         ),
         supports_check_mode=True,
