@@ -31,10 +31,11 @@ fleet-manage inventory *args:
 fleet-rollout inventory *args:
     ANSIBLE_CONFIG={{ansible_dir}}/ansible.cfg {{ansible_venv}}/bin/ansible-playbook -i {{quote(join(invocation_directory(), inventory))}} {{ansible_dir}}/playbooks/rollout.yml {{args}}
 
-# ansible-lint and ansible-test sanity on ansible/ (the venv bin/bootstrap makes).
+# ansible-lint, ansible-test sanity and units on ansible/ (the venv bin/bootstrap makes).
 lint-ansible:
     cd {{ansible_dir}} && ANSIBLE_CONFIG={{ansible_dir}}/ansible.cfg {{ansible_venv}}/bin/ansible-lint --offline --nocolor playbooks collections/ansible_collections/opensafely/bs
-    {{ansible_dir}}/tests/sanity
+    {{ansible_dir}}/tests/ansible-test sanity
+    {{ansible_dir}}/tests/ansible-test units
 
 # Build the release binaries of every tool.
 build:

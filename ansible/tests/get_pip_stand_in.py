@@ -4,7 +4,7 @@ ansible-test downloads get-pip.py from a host of its own, which machines that re
 package registries cannot; it then runs the script in an empty venv with pip's install options
 and the packages it wants (pip, setuptools, wheel). This does the same from what Python and
 PyPI provide: ensurepip's bundled pip, then `pip install --upgrade` with those arguments.
-ansible/tests/sanity puts it where ansible-test looks for its cached copy.
+ansible/tests/ansible-test puts it where ansible-test looks for its cached copy.
 """
 
 import ensurepip
