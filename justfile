@@ -5,6 +5,8 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 release := justfile_directory() / "target/release"
 sandbox := justfile_directory() / ".bs-sandbox"
+ansible_dir := justfile_directory() / "ansible"
+ansible_venv := env_var_or_default("BS_ANSIBLE_VENV", "/usr/local/lib/bs-ansible")
 
 default:
     @just --list
@@ -20,6 +22,24 @@ check-backend backend:
 # Which backend this host is (BACKEND, which bs-host gives every login shell).
 whereami:
     just --justfile backends/${BACKEND:?BACKEND is not set: run just manage BACKEND first}/justfile whereami
+
+# Fleet-wide drift over an Ansible INVENTORY (docs/fleet.md): non-zero exit when a backend drifted.
+fleet-check inventory *args:
+    ANSIBLE_CONFIG={{ansible_dir}}/ansible.cfg {{ansible_venv}}/bin/ansible-playbook -i {{quote(join(invocation_directory(), inventory))}} {{ansible_dir}}/playbooks/check.yml {{args}}
+
+# Bring every backend in INVENTORY to its bs version and converge it, all at once.
+fleet-manage inventory *args:
+    ANSIBLE_CONFIG={{ansible_dir}}/ansible.cfg {{ansible_venv}}/bin/ansible-playbook -i {{quote(join(invocation_directory(), inventory))}} {{ansible_dir}}/playbooks/manage.yml {{args}}
+
+# The same through the canary: the test backend first, then production one at a time.
+fleet-rollout inventory *args:
+    ANSIBLE_CONFIG={{ansible_dir}}/ansible.cfg {{ansible_venv}}/bin/ansible-playbook -i {{quote(join(invocation_directory(), inventory))}} {{ansible_dir}}/playbooks/rollout.yml {{args}}
+
+# ansible-lint, ansible-test sanity and units on ansible/ (the venv bin/bootstrap makes).
+lint-ansible:
+    cd {{ansible_dir}} && ANSIBLE_CONFIG={{ansible_dir}}/ansible.cfg {{ansible_venv}}/bin/ansible-lint --offline --nocolor playbooks collections/ansible_collections/opensafely/bs
+    {{ansible_dir}}/tests/ansible-test sanity
+    {{ansible_dir}}/tests/ansible-test units
 
 # Build the release binaries of every tool.
 build:
@@ -41,8 +61,8 @@ test-unit:
 test-system: build
     BS_BIN_DIR={{release}} tests/system/run
 
-# fmt --check, clippy -D warnings, shellcheck on every script, then every test.
-check: lint-shell
+# fmt --check, clippy -D warnings, shellcheck on every script, the Ansible lints, then every test.
+check: lint-shell lint-ansible
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
     just test
