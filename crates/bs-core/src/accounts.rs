@@ -269,6 +269,9 @@ struct Table<T> {
     spec: FileSpec,
     /// False when the file did not exist (gshadow may be absent).
     present: bool,
+    /// Device and inode of the file read: every replacement (ours or
+    /// shadow-utils') is a rename, so a new identity means it changed.
+    identity: Option<(u64, u64)>,
 }
 
 impl<T: Record + Clone> Table<T> {
@@ -280,6 +283,7 @@ impl<T: Record + Clone> Table<T> {
             original: String::new(),
             spec: FileSpec::root(0o640),
             present: false,
+            identity: None,
         }
     }
 
@@ -292,6 +296,9 @@ impl<T: Record + Clone> Table<T> {
             }
             Err(e) => return Err(e),
         };
+        let identity = read
+            .as_ref()
+            .map(|(_, st)| (st.st_dev as u64, st.st_ino as u64));
         let (text, spec, present) = match read {
             Some((bytes, st)) => (
                 String::from_utf8(bytes).map_err(|_| CoreError::Unsafe {
@@ -322,7 +329,21 @@ impl<T: Record + Clone> Table<T> {
             original: text,
             spec,
             present,
+            identity,
         })
+    }
+
+    /// Whether the file is still the one read (not replaced or removed).
+    fn still_current(&self) -> Result<bool> {
+        let (dir, name) = safefs::split(&self.path)?;
+        let now = match safefs::DirFd::open(dir) {
+            Ok(d) => d.stat_at(name)?,
+            Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(now.map(|st| (st.st_dev as u64, st.st_ino as u64)) == self.identity)
     }
 
     fn entries(&self) -> impl Iterator<Item = &T> {
@@ -419,9 +440,26 @@ pub struct NewUser {
 }
 
 impl AccountDb {
-    /// Load the files. Hold a [`PwLock`] from before this until after
-    /// [`AccountDb::save`] when changes will be written.
+    /// Load the files, as every tool that reads them does. Hold a
+    /// [`PwLock`] from before this until after [`AccountDb::save`] when
+    /// changes will be written.
+    ///
+    /// Refuses while a bs-users transaction is pending (see
+    /// [`AccountDb::load_as_is`]) and retries while another process
+    /// replaces a file mid-read, so a reader never takes a half-old,
+    /// half-new set for the truth.
     pub fn load(root: &Root) -> Result<AccountDb> {
+        read_consistent(root, true, AccountDb::read_all)
+    }
+
+    /// [`AccountDb::load`] for bs-users alone, which either has just
+    /// finished a pending transaction ([`recover`], lock held) or reports it
+    /// as drift (plan, check) and must still read the files as they are.
+    pub fn load_as_is(root: &Root) -> Result<AccountDb> {
+        read_consistent(root, false, AccountDb::read_all)
+    }
+
+    fn read_all(root: &Root) -> Result<AccountDb> {
         let shadow_gid = 42; // Debian's `shadow` group, used only if the file is created
         Ok(AccountDb {
             passwd: Table::load(root.join(PASSWD), FileSpec::root(0o644))?,
@@ -450,16 +488,31 @@ impl AccountDb {
     /// Only passwd and group, the files everyone may read: name, uid and
     /// membership look-ups for a process that cannot read the shadow files
     /// (bs-release runs as the service account). Its shadow tables are
-    /// empty and [`AccountDb::save`] refuses it.
+    /// empty and [`AccountDb::save`] refuses it. A pending transaction is
+    /// refused as in [`AccountDb::load`] (the journal's existence is
+    /// visible to anyone; its content is not).
     pub fn load_public(root: &Root) -> Result<AccountDb> {
-        Ok(AccountDb {
-            passwd: Table::load(root.join(PASSWD), FileSpec::root(0o644))?,
-            shadow: Table::absent(root.join(SHADOW)),
-            group: Table::load(root.join(GROUP), FileSpec::root(0o644))?,
-            gshadow: Table::absent(root.join(GSHADOW)),
-            read_only: true,
-            root: root.clone(),
+        read_consistent(root, true, |root| {
+            Ok(AccountDb {
+                passwd: Table::load(root.join(PASSWD), FileSpec::root(0o644))?,
+                shadow: Table::absent(root.join(SHADOW)),
+                group: Table::load(root.join(GROUP), FileSpec::root(0o644))?,
+                gshadow: Table::absent(root.join(GSHADOW)),
+                read_only: true,
+                root: root.clone(),
+            })
         })
+    }
+
+    /// Whether no file read was replaced since.
+    fn still_current(&self) -> Result<bool> {
+        if !(self.passwd.still_current()? && self.group.still_current()?) {
+            return Ok(false);
+        }
+        if self.read_only {
+            return Ok(true);
+        }
+        Ok(self.shadow.still_current()? && self.gshadow.still_current()?)
     }
 
     pub fn users(&self) -> impl Iterator<Item = &PasswdEntry> {
@@ -650,6 +703,59 @@ impl AccountDb {
     }
 }
 
+/// How long a reader waits for a pending transaction to finish, or for
+/// the files to stop changing, before it refuses. A live bs-users save
+/// holds its journal for four atomic writes, well under this; a journal
+/// still there after it was left by a killed run.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// Read with `read` until a set is read that no transaction and no other
+/// writer touched meanwhile; with `refuse_pending`, a journal that stays
+/// is an error naming the fix.
+fn read_consistent(
+    root: &Root,
+    refuse_pending: bool,
+    read: impl Fn(&Root) -> Result<AccountDb>,
+) -> Result<AccountDb> {
+    let start = Instant::now();
+    loop {
+        let blocked = if refuse_pending { pending(root)? } else { None };
+        if blocked.is_none() {
+            let db = read(root)?;
+            let after = if refuse_pending { pending(root)? } else { None };
+            if after.is_none() && db.still_current()? {
+                return Ok(db);
+            }
+        }
+        if start.elapsed() >= SETTLE {
+            return Err(blocked.unwrap_or_else(|| CoreError::Unsafe {
+                path: root.join(PASSWD),
+                reason: format!(
+                    "the account files kept changing while they were read for {} s; try again",
+                    SETTLE.as_secs()
+                ),
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The refusal for a pending bs-users transaction, if one is pending.
+fn pending(root: &Root) -> Result<Option<CoreError>> {
+    let path = root.join(JOURNAL);
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => Ok(Some(CoreError::Unsafe {
+            path,
+            reason: "a bs-users run was stopped while it changed the account files, \
+                     which may be half old, half new; run `bs-users apply` to finish \
+                     that change, then run this again"
+                .into(),
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CoreError::io(path, e)),
+    }
+}
+
 fn set_in(list: &mut Vec<String>, item: &str, present: bool) -> bool {
     let pos = list.iter().position(|m| m == item);
     match (pos, present) {
@@ -792,6 +898,78 @@ mod tests {
             let mut again = AccountDb::load(&root).unwrap();
             assert!(again.repair(&|_| true).is_empty(), "stop {stop_at}");
         }
+    }
+
+    #[test]
+    fn a_pending_transaction_is_refused_to_readers_until_bs_users_finishes_it() {
+        let (dir, root) = sandbox();
+        let lock = PwLock::acquire(&root, Duration::from_secs(1)).unwrap();
+        let mut db = AccountDb::load(&root).unwrap();
+        add_alice(&mut db);
+        // Killed after shadow and passwd: alice has a passwd line but no group.
+        let mut n = 0;
+        let _ = db.save_with(&mut |_| {
+            n += 1;
+            if n > 2 {
+                Err(CoreError::Usage("killed".into()))
+            } else {
+                Ok(())
+            }
+        });
+        drop(lock);
+        assert!(std::fs::read_to_string(dir.path().join("etc/passwd"))
+            .unwrap()
+            .contains("alice:"));
+        // Every reader (bs-perms, bs-docker, bs-jobs, bs-release) waits a
+        // little, then refuses with the fix, rather than use the torn set.
+        for load in [AccountDb::load, AccountDb::load_public] {
+            let start = Instant::now();
+            let err = load(&root).unwrap_err();
+            assert!(start.elapsed() >= SETTLE, "refused without waiting");
+            let text = err.to_string();
+            assert_eq!(err.kind(), "unsafe_path");
+            assert!(text.contains(JOURNAL), "{text}");
+            assert!(text.contains("run `bs-users apply`"), "{text}");
+        }
+        // bs-users itself still reads the files as they are (plan, check).
+        assert!(AccountDb::load_as_is(&root)
+            .unwrap()
+            .user("alice")
+            .is_some());
+        // Once bs-users has finished the transaction, readers read the new set.
+        let lock = PwLock::acquire(&root, Duration::from_secs(1)).unwrap();
+        recover(&root, &lock).unwrap();
+        let db = AccountDb::load(&root).unwrap();
+        assert_eq!(db.group("alice").unwrap().gid, 1000);
+        assert_eq!(db.groups_of("alice"), vec!["sudo"]);
+    }
+
+    #[test]
+    fn a_journal_that_goes_away_while_a_reader_waits_is_a_live_save_not_a_refusal() {
+        let (dir, root) = sandbox();
+        let journal = root.join(JOURNAL);
+        std::fs::write(&journal, "{}").unwrap();
+        let remover = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::remove_file(journal).unwrap();
+        });
+        let db = AccountDb::load(&root).unwrap();
+        remover.join().unwrap();
+        assert!(db.user("root").is_some());
+        drop(dir);
+    }
+
+    #[test]
+    fn a_file_replaced_after_it_was_read_makes_the_set_not_current() {
+        let (dir, root) = sandbox();
+        let db = AccountDb::load(&root).unwrap();
+        assert!(db.still_current().unwrap());
+        // what every writer does: a new file renamed over the old one
+        let etc = dir.path().join("etc");
+        std::fs::write(etc.join("group.new"), "root:x:0:\n").unwrap();
+        std::fs::rename(etc.join("group.new"), etc.join("group")).unwrap();
+        assert!(!db.still_current().unwrap());
+        assert!(AccountDb::load(&root).unwrap().still_current().unwrap());
     }
 
     #[test]
