@@ -28,6 +28,8 @@ pub use journal::{recover, Outcome, Recovered, JOURNAL};
 pub use logindefs::{people_uid_range, UidRange};
 pub use repair::Repair;
 
+use std::cell::{Cell, OnceCell};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -272,6 +274,11 @@ struct Table<T> {
     /// Device and inode of the file read: every replacement (ours or
     /// shadow-utils') is a rename, so a new identity means it changed.
     identity: Option<(u64, u64)>,
+    /// The line of each key's first entry (the one every reader uses), so
+    /// a look-up per person keeps a run linear in the number of people
+    /// (issue 18, item 6). Rebuilt whenever lines are removed; entries are
+    /// only appended otherwise, and their keys never change.
+    index: HashMap<String, usize>,
 }
 
 impl<T: Record + Clone> Table<T> {
@@ -284,6 +291,7 @@ impl<T: Record + Clone> Table<T> {
             spec: FileSpec::root(0o640),
             present: false,
             identity: None,
+            index: HashMap::new(),
         }
     }
 
@@ -323,14 +331,35 @@ impl<T: Record + Clone> Table<T> {
                 _ => Line::Verbatim(l.to_string()),
             })
             .collect();
-        Ok(Table {
+        let mut table = Table {
             path,
             lines,
             original: text,
             spec,
             present,
             identity,
-        })
+            index: HashMap::new(),
+        };
+        table.reindex();
+        Ok(table)
+    }
+
+    fn reindex(&mut self) {
+        self.index.clear();
+        for (at, line) in self.lines.iter().enumerate() {
+            if let Line::Entry(e) = line {
+                self.index.entry(e.key().to_string()).or_insert(at);
+            }
+        }
+    }
+
+    /// The line of `key`'s first entry.
+    fn position(&self, key: &str) -> Option<usize> {
+        let at = *self.index.get(key)?;
+        match self.lines.get(at) {
+            Some(Line::Entry(e)) if e.key() == key => Some(at),
+            _ => None,
+        }
     }
 
     /// Whether the file is still the one read (not replaced or removed).
@@ -354,18 +383,32 @@ impl<T: Record + Clone> Table<T> {
     }
 
     fn get(&self, key: &str) -> Option<&T> {
-        self.entries().find(|e| e.key() == key)
+        match self.lines.get(self.position(key)?) {
+            Some(Line::Entry(e)) => Some(e),
+            _ => None,
+        }
     }
 
+    /// The entry of `key`, to change anything but its key.
     fn get_mut(&mut self, key: &str) -> Option<&mut T> {
-        self.lines.iter_mut().find_map(|l| match l {
-            Line::Entry(e) if e.key() == key => Some(e),
+        let at = self.position(key)?;
+        match self.lines.get_mut(at) {
+            Some(Line::Entry(e)) => Some(e),
             _ => None,
-        })
+        }
     }
 
     fn push(&mut self, entry: T) {
+        self.index
+            .entry(entry.key().to_string())
+            .or_insert(self.lines.len());
         self.lines.push(Line::Entry(entry));
+    }
+
+    /// Keep only the lines `keep` accepts (the index follows).
+    fn retain(&mut self, keep: impl FnMut(&Line<T>) -> bool) {
+        self.lines.retain(keep);
+        self.reindex();
     }
 
     fn render(&self) -> String {
@@ -425,6 +468,16 @@ pub struct AccountDb {
     /// Loaded without the shadow files ([`AccountDb::load_public`]): never saved.
     read_only: bool,
     root: Root,
+    /// For each user, the lines of the groups listing them (file order):
+    /// built on the first [`AccountDb::groups_of`], kept by
+    /// [`AccountDb::set_member`], dropped when lines are removed.
+    memberships: OnceCell<HashMap<String, Vec<usize>>>,
+    /// Every uid and gid in use, built on the first [`AccountDb::free_id`].
+    used_ids: OnceCell<BTreeSet<u32>>,
+    /// `(min, from)`: every id in `min..from` is in use, so the next
+    /// [`AccountDb::free_id`] from `min` starts at `from` (ids are only
+    /// added between repairs): creating n users stays linear.
+    free_from: Cell<(u32, u32)>,
 }
 
 /// A new account: the passwd fields. The shadow entry gets an empty,
@@ -482,6 +535,9 @@ impl AccountDb {
             )?,
             read_only: false,
             root: root.clone(),
+            memberships: OnceCell::new(),
+            used_ids: OnceCell::new(),
+            free_from: Cell::new((0, 0)),
         })
     }
 
@@ -500,6 +556,9 @@ impl AccountDb {
                 gshadow: Table::absent(root.join(GSHADOW)),
                 read_only: true,
                 root: root.clone(),
+                memberships: OnceCell::new(),
+                used_ids: OnceCell::new(),
+                free_from: Cell::new((0, 0)),
             })
         })
     }
@@ -527,6 +586,7 @@ impl AccountDb {
         self.passwd.entries().find(|u| u.uid == uid)
     }
 
+    /// The entry of `name`, to change anything but the name.
     pub fn user_mut(&mut self, name: &str) -> Option<&mut PasswdEntry> {
         self.passwd.get_mut(name)
     }
@@ -535,6 +595,7 @@ impl AccountDb {
         self.shadow.get(name)
     }
 
+    /// The shadow entry of `name`, to change anything but the name.
     pub fn shadow_mut(&mut self, name: &str) -> Option<&mut ShadowEntry> {
         self.shadow.get_mut(name)
     }
@@ -553,37 +614,65 @@ impl AccountDb {
 
     /// The groups that list `user` as a member (not the primary group).
     pub fn groups_of(&self, user: &str) -> Vec<&str> {
-        self.group
-            .entries()
-            .filter(|g| g.members.iter().any(|m| m == user))
-            .map(|g| g.name.as_str())
+        let Some(lines) = self.memberships().get(user) else {
+            return Vec::new();
+        };
+        lines
+            .iter()
+            .filter_map(|&at| match self.group.lines.get(at) {
+                Some(Line::Entry(g)) => Some(g.name.as_str()),
+                _ => None,
+            })
             .collect()
+    }
+
+    fn memberships(&self) -> &HashMap<String, Vec<usize>> {
+        self.memberships.get_or_init(|| {
+            let mut index: HashMap<String, Vec<usize>> = HashMap::new();
+            for (at, line) in self.group.lines.iter().enumerate() {
+                if let Line::Entry(g) = line {
+                    let unique: BTreeSet<&String> = g.members.iter().collect();
+                    for member in unique {
+                        index.entry(member.clone()).or_default().push(at);
+                    }
+                }
+            }
+            index
+        })
     }
 
     /// The lowest id `>= min` and `< max` used neither as a uid nor as a
     /// gid, so a new user's private group can have the same number.
     pub fn free_id(&self, min: u32, max: u32) -> Option<u32> {
-        let mut used: Vec<u32> = self
-            .passwd
-            .entries()
-            .map(|u| u.uid)
-            .chain(self.group.entries().map(|g| g.gid))
-            .filter(|&id| id >= min && id < max)
-            .collect();
-        used.sort_unstable();
-        used.dedup();
-        let mut candidate = min;
-        for id in used {
-            if id == candidate {
-                candidate += 1;
-            } else if id > candidate {
+        let used = self.used_ids.get_or_init(|| {
+            self.passwd
+                .entries()
+                .map(|u| u.uid)
+                .chain(self.group.entries().map(|g| g.gid))
+                .collect()
+        });
+        let mut candidate = match self.free_from.get() {
+            (from_min, from) if from_min == min && from > min => from,
+            _ => min,
+        };
+        for &id in used.range(candidate..) {
+            if id != candidate {
                 break;
             }
+            candidate += 1;
         }
+        self.free_from.set((min, candidate));
         (candidate < max).then_some(candidate)
     }
 
+    fn id_used(&mut self, id: u32) {
+        if let Some(used) = self.used_ids.get_mut() {
+            used.insert(id);
+        }
+    }
+
     pub fn add_group(&mut self, name: &str, gid: u32) {
+        self.id_used(gid);
         self.group.push(GroupEntry {
             name: name.into(),
             password: "x".into(),
@@ -601,6 +690,8 @@ impl AccountDb {
     }
 
     pub fn add_user(&mut self, user: &NewUser) {
+        self.id_used(user.uid);
+        self.id_used(user.gid);
         self.passwd.push(PasswdEntry {
             name: user.name.clone(),
             password: "x".into(),
@@ -628,8 +719,21 @@ impl AccountDb {
     /// whether anything changed.
     pub fn set_member(&mut self, group: &str, user: &str, member: bool) -> bool {
         let mut changed = false;
-        if let Some(g) = self.group.get_mut(group) {
-            changed |= set_in(&mut g.members, user, member);
+        if let Some(at) = self.group.position(group) {
+            if let Some(Line::Entry(g)) = self.group.lines.get_mut(at) {
+                changed |= set_in(&mut g.members, user, member);
+                let listed = g.members.iter().any(|m| m == user);
+                if let Some(index) = self.memberships.get_mut() {
+                    let lines = index.entry(user.to_string()).or_default();
+                    match (lines.binary_search(&at), listed) {
+                        (Err(i), true) => lines.insert(i, at),
+                        (Ok(i), false) => {
+                            lines.remove(i);
+                        }
+                        _ => {}
+                    }
+                }
+            }
         }
         if let Some(g) = self.gshadow.get_mut(group) {
             changed |= set_in(&mut g.members, user, member);
@@ -973,6 +1077,43 @@ mod tests {
     }
 
     #[test]
+    fn the_indexes_follow_every_change_in_file_order() {
+        let (dir, root) = sandbox();
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nsudo:x:27:olduser,alice\nstaff:x:50:alice,alice\nsudo:x:28:bob\n",
+        )
+        .unwrap();
+        let mut db = AccountDb::load(&root).unwrap();
+        // the first line of a name is the one in use, as for every reader
+        assert_eq!(db.group("sudo").unwrap().gid, 27);
+        assert_eq!(db.groups_of("alice"), vec!["sudo", "staff"]);
+        assert_eq!(db.groups_of("bob"), vec!["sudo"]);
+        db.add_group("developers", 10001);
+        assert!(db.set_member("developers", "alice", true));
+        assert!(db.set_member("sudo", "alice", false));
+        assert!(db.set_member("root", "alice", true));
+        assert_eq!(db.groups_of("alice"), vec!["root", "staff", "developers"]);
+        // listed twice in staff: removing one listing leaves them a member
+        assert!(db.set_member("staff", "alice", false));
+        assert_eq!(db.groups_of("alice"), vec!["root", "staff", "developers"]);
+        assert!(db.set_member("staff", "alice", false));
+        assert_eq!(db.groups_of("alice"), vec!["root", "developers"]);
+        assert_eq!(db.groups_of("nobody"), Vec::<&str>::new());
+        // the repair drops the second sudo line: bob's membership goes with it
+        db.repair(&|_| false);
+        assert_eq!(db.groups_of("bob"), Vec::<&str>::new());
+        assert_eq!(db.groups_of("alice"), vec!["root", "developers"]);
+        assert!(db.set_member("developers", "bob", true));
+        assert_eq!(db.groups_of("bob"), vec!["developers"]);
+        assert_eq!(db.group("developers").unwrap().gid, 10001);
+        db.save().unwrap();
+        let again = AccountDb::load(&root).unwrap();
+        assert_eq!(again.groups_of("alice"), vec!["root", "developers"]);
+        assert_eq!(again.groups_of("bob"), vec!["developers"]);
+    }
+
+    #[test]
     fn recovery_leaves_a_file_someone_changed_since_and_the_repair_mends_the_mix() {
         let (dir, root) = sandbox();
         let lock = PwLock::acquire(&root, Duration::from_secs(1)).unwrap();
@@ -1112,6 +1253,22 @@ mod tests {
         });
         assert_eq!(db.free_id(1000, 60000), Some(1002));
         assert_eq!(db.free_id(1000, 1002), None);
+        // ids taken after the first look-up count too
+        db.add_group("h", 1002);
+        db.add_group("far", 1004);
+        assert_eq!(db.free_id(1000, 60000), Some(1003));
+        assert_eq!(db.free_id(999, 60000), Some(999));
+        db.add_user(&NewUser {
+            name: "v".into(),
+            uid: 1003,
+            gid: 1003,
+            gecos: String::new(),
+            home: "/home/v".into(),
+            shell: "/bin/sh".into(),
+        });
+        assert_eq!(db.free_id(1000, 60000), Some(1005));
+        assert_eq!(db.free_id(1000, 1005), None);
+        assert_eq!(db.free_id(1004, 60000), Some(1005));
     }
 
     #[test]
