@@ -304,9 +304,7 @@ impl<T: Record + Clone> Table<T> {
             }
             Err(e) => return Err(e),
         };
-        let identity = read
-            .as_ref()
-            .map(|(_, st)| (st.st_dev as u64, st.st_ino as u64));
+        let identity = read.as_ref().map(|(_, st)| (st.st_dev, st.st_ino));
         let (text, spec, present) = match read {
             Some((bytes, st)) => (
                 String::from_utf8(bytes).map_err(|_| CoreError::Unsafe {
@@ -372,7 +370,7 @@ impl<T: Record + Clone> Table<T> {
             }
             Err(e) => return Err(e),
         };
-        Ok(now.map(|st| (st.st_dev as u64, st.st_ino as u64)) == self.identity)
+        Ok(now.map(|st| (st.st_dev, st.st_ino)) == self.identity)
     }
 
     fn entries(&self) -> impl Iterator<Item = &T> {
