@@ -7,6 +7,11 @@
 #      vs a loop of useradd + usermod -aG + passwd -de per user
 #   3. keys refresh of 1,000 users from a key server adding 50 ms a request
 #      vs fetching one by one with curl
+#   4. growth: the no-op apply at 1,000 and at 10,000 people (10x), each in
+#      a root bs-users converged; target <= 11x the time, < 50 ms at 1,000
+# BENCH_SECTIONS picks some of them (default "create noop refresh growth";
+# noop and refresh need create). Growth builds its own roots: creating
+# 10,000 accounts takes minutes, most of it the fsyncs of the homes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${BS_BIN_DIR:-$PWD/target/release}
@@ -39,10 +44,32 @@ for i in $(seq 1 "$users"); do
     echo "$key" > "$repo/keys/user$i"
 done
 export BS_REPO=$repo BS_BACKEND=bench
+sections=" ${BENCH_SECTIONS:-create noop refresh growth} "
+want() { [[ $sections == *" $1 "* ]]; }
+
+# Best of $1 runs of the rest of the line: "wall_seconds cpu_seconds"
+# (cpu = user + system of the child; the best of each, apart).
+best_of() {
+    python3 - "$@" <<'PY'
+import os, subprocess, sys, time
+runs, cmd = int(sys.argv[1]), sys.argv[2:]
+walls, cpus = [], []
+for _ in range(runs):
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, ru = os.wait4(p.pid, 0)
+    walls.append(time.perf_counter() - t0)
+    cpus.append(ru.ru_utime + ru.ru_stime)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{cmd[0]} failed")
+print(f"{min(walls):.3f} {min(cpus):.3f}")
+PY
+}
 
 echo "## bs-users ($users users)"
 
 # --- 2. creating users -------------------------------------------------------
+if want create; then
 bin/sandbox-root "$work/a" 2>/dev/null
 t0=$(now); BS_ROOT=$work/a "$bin/bs-users" apply > "$work/create.jsonl"; t1=$(now)
 ours_create=$(elapsed "$t0" "$t1")
@@ -59,8 +86,10 @@ done
 t1=$(now)
 base_create=$(elapsed "$t0" "$t1")
 echo "create:  bs-users apply ${ours_create}s  shell loop ${base_create}s  speedup $(ratio "$base_create" "$ours_create")x (target >= 5x)"
+fi
 
 # --- 1. no-op apply ----------------------------------------------------------
+if want noop; then
 t0=$(now); BS_ROOT=$work/a "$bin/bs-users" apply > "$work/noop.jsonl"; t1=$(now)
 ours_noop=$(elapsed "$t0" "$t1")
 grep -q '"changed":0' "$work/noop.jsonl"
@@ -77,8 +106,10 @@ done
 t1=$(now)
 base_noop=$(elapsed "$t0" "$t1")
 echo "no-op:   bs-users apply ${ours_noop}s  shell loop ${base_noop}s  speedup $(ratio "$base_noop" "$ours_noop")x (target >= 20x)"
+fi
 
 # --- 3. keys refresh against a slow key server --------------------------------
+if want refresh; then
 port_file=$work/port
 python3 - "$port_file" "$key" <<'PY' &
 import http.server, socketserver, sys, time
@@ -116,3 +147,28 @@ done
 t1=$(now)
 base_refresh=$(elapsed "$t0" "$t1")
 echo "refresh: bs-users keys refresh ${ours_refresh}s  curl loop ${base_refresh}s  speedup $(ratio "$base_refresh" "$ours_refresh")x (target >= 10x)"
+kill "$server_pid" 2>/dev/null || true
+server_pid=
+fi
+
+# --- 4. growth of the no-op apply ---------------------------------------------
+# The same no-op apply in two roots, one with 10x the people: linear cost
+# shows as about 10x. Best of 3 runs each, wall clock and CPU (user + sys).
+if want growth; then
+declare -A wall cpu
+for n in 1000 10000; do
+    g=$work/growth$n
+    mkdir -p "$g/repo/backends/bench" "$g/repo/keys"
+    cp "$repo/backends/defaults.toml" "$g/repo/backends/"
+    cp "$repo/backends/bench/backend.toml" "$g/repo/backends/bench/"
+    seq 1 "$n" | sed 's/^/user/' > "$g/repo/developers"
+    for i in $(seq 1 "$n"); do echo "$key" > "$g/repo/keys/user$i"; done
+    bin/sandbox-root "$g/root" 2>/dev/null
+    BS_REPO=$g/repo BS_ROOT=$g/root "$bin/bs-users" apply > "$g/create.jsonl"
+    grep -q '"ok":true' "$g/create.jsonl"
+    BS_REPO=$g/repo BS_ROOT=$g/root "$bin/bs-users" apply > "$g/noop.jsonl"
+    grep -q '"changed":0' "$g/noop.jsonl"
+    read -r "wall[$n]" "cpu[$n]" < <(BS_REPO=$g/repo BS_ROOT=$g/root best_of 3 "$bin/bs-users" apply)
+done
+echo "growth:  no-op apply 1,000 people ${wall[1000]}s (cpu ${cpu[1000]}s)  10,000 people ${wall[10000]}s (cpu ${cpu[10000]}s)  growth $(ratio "${wall[10000]}" "${wall[1000]}")x wall, $(ratio "${cpu[10000]}" "${cpu[1000]}")x cpu (target <= 11x; < 0.050s at 1,000)"
+fi

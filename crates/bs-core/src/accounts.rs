@@ -28,6 +28,8 @@ pub use journal::{recover, Outcome, Recovered, JOURNAL};
 pub use logindefs::{people_uid_range, UidRange};
 pub use repair::Repair;
 
+use std::cell::{Cell, OnceCell};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -269,6 +271,14 @@ struct Table<T> {
     spec: FileSpec,
     /// False when the file did not exist (gshadow may be absent).
     present: bool,
+    /// Device and inode of the file read: every replacement (ours or
+    /// shadow-utils') is a rename, so a new identity means it changed.
+    identity: Option<(u64, u64)>,
+    /// The line of each key's first entry (the one every reader uses), so
+    /// a look-up per person keeps a run linear in the number of people
+    /// (issue 18, item 6). Rebuilt whenever lines are removed; entries are
+    /// only appended otherwise, and their keys never change.
+    index: HashMap<String, usize>,
 }
 
 impl<T: Record + Clone> Table<T> {
@@ -280,6 +290,8 @@ impl<T: Record + Clone> Table<T> {
             original: String::new(),
             spec: FileSpec::root(0o640),
             present: false,
+            identity: None,
+            index: HashMap::new(),
         }
     }
 
@@ -292,6 +304,7 @@ impl<T: Record + Clone> Table<T> {
             }
             Err(e) => return Err(e),
         };
+        let identity = read.as_ref().map(|(_, st)| (st.st_dev, st.st_ino));
         let (text, spec, present) = match read {
             Some((bytes, st)) => (
                 String::from_utf8(bytes).map_err(|_| CoreError::Unsafe {
@@ -316,13 +329,48 @@ impl<T: Record + Clone> Table<T> {
                 _ => Line::Verbatim(l.to_string()),
             })
             .collect();
-        Ok(Table {
+        let mut table = Table {
             path,
             lines,
             original: text,
             spec,
             present,
-        })
+            identity,
+            index: HashMap::new(),
+        };
+        table.reindex();
+        Ok(table)
+    }
+
+    fn reindex(&mut self) {
+        self.index.clear();
+        for (at, line) in self.lines.iter().enumerate() {
+            if let Line::Entry(e) = line {
+                self.index.entry(e.key().to_string()).or_insert(at);
+            }
+        }
+    }
+
+    /// The line of `key`'s first entry.
+    fn position(&self, key: &str) -> Option<usize> {
+        let at = *self.index.get(key)?;
+        match self.lines.get(at) {
+            Some(Line::Entry(e)) if e.key() == key => Some(at),
+            _ => None,
+        }
+    }
+
+    /// Whether the file is still the one read (not replaced or removed).
+    fn still_current(&self) -> Result<bool> {
+        let (dir, name) = safefs::split(&self.path)?;
+        let now = match safefs::DirFd::open(dir) {
+            Ok(d) => d.stat_at(name)?,
+            Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(now.map(|st| (st.st_dev, st.st_ino)) == self.identity)
     }
 
     fn entries(&self) -> impl Iterator<Item = &T> {
@@ -333,18 +381,32 @@ impl<T: Record + Clone> Table<T> {
     }
 
     fn get(&self, key: &str) -> Option<&T> {
-        self.entries().find(|e| e.key() == key)
+        match self.lines.get(self.position(key)?) {
+            Some(Line::Entry(e)) => Some(e),
+            _ => None,
+        }
     }
 
+    /// The entry of `key`, to change anything but its key.
     fn get_mut(&mut self, key: &str) -> Option<&mut T> {
-        self.lines.iter_mut().find_map(|l| match l {
-            Line::Entry(e) if e.key() == key => Some(e),
+        let at = self.position(key)?;
+        match self.lines.get_mut(at) {
+            Some(Line::Entry(e)) => Some(e),
             _ => None,
-        })
+        }
     }
 
     fn push(&mut self, entry: T) {
+        self.index
+            .entry(entry.key().to_string())
+            .or_insert(self.lines.len());
         self.lines.push(Line::Entry(entry));
+    }
+
+    /// Keep only the lines `keep` accepts (the index follows).
+    fn retain(&mut self, keep: impl FnMut(&Line<T>) -> bool) {
+        self.lines.retain(keep);
+        self.reindex();
     }
 
     fn render(&self) -> String {
@@ -404,6 +466,16 @@ pub struct AccountDb {
     /// Loaded without the shadow files ([`AccountDb::load_public`]): never saved.
     read_only: bool,
     root: Root,
+    /// For each user, the lines of the groups listing them (file order):
+    /// built on the first [`AccountDb::groups_of`], kept by
+    /// [`AccountDb::set_member`], dropped when lines are removed.
+    memberships: OnceCell<HashMap<String, Vec<usize>>>,
+    /// Every uid and gid in use, built on the first [`AccountDb::free_id`].
+    used_ids: OnceCell<BTreeSet<u32>>,
+    /// `(min, from)`: every id in `min..from` is in use, so the next
+    /// [`AccountDb::free_id`] from `min` starts at `from` (ids are only
+    /// added between repairs): creating n users stays linear.
+    free_from: Cell<(u32, u32)>,
 }
 
 /// A new account: the passwd fields. The shadow entry gets an empty,
@@ -419,9 +491,26 @@ pub struct NewUser {
 }
 
 impl AccountDb {
-    /// Load the files. Hold a [`PwLock`] from before this until after
-    /// [`AccountDb::save`] when changes will be written.
+    /// Load the files, as every tool that reads them does. Hold a
+    /// [`PwLock`] from before this until after [`AccountDb::save`] when
+    /// changes will be written.
+    ///
+    /// Refuses while a bs-users transaction is pending (see
+    /// [`AccountDb::load_as_is`]) and retries while another process
+    /// replaces a file mid-read, so a reader never takes a half-old,
+    /// half-new set for the truth.
     pub fn load(root: &Root) -> Result<AccountDb> {
+        read_consistent(root, true, AccountDb::read_all)
+    }
+
+    /// [`AccountDb::load`] for bs-users alone, which either has just
+    /// finished a pending transaction ([`recover`], lock held) or reports it
+    /// as drift (plan, check) and must still read the files as they are.
+    pub fn load_as_is(root: &Root) -> Result<AccountDb> {
+        read_consistent(root, false, AccountDb::read_all)
+    }
+
+    fn read_all(root: &Root) -> Result<AccountDb> {
         let shadow_gid = 42; // Debian's `shadow` group, used only if the file is created
         Ok(AccountDb {
             passwd: Table::load(root.join(PASSWD), FileSpec::root(0o644))?,
@@ -444,22 +533,43 @@ impl AccountDb {
             )?,
             read_only: false,
             root: root.clone(),
+            memberships: OnceCell::new(),
+            used_ids: OnceCell::new(),
+            free_from: Cell::new((0, 0)),
         })
     }
 
     /// Only passwd and group, the files everyone may read: name, uid and
     /// membership look-ups for a process that cannot read the shadow files
     /// (bs-release runs as the service account). Its shadow tables are
-    /// empty and [`AccountDb::save`] refuses it.
+    /// empty and [`AccountDb::save`] refuses it. A pending transaction is
+    /// refused as in [`AccountDb::load`] (the journal's existence is
+    /// visible to anyone; its content is not).
     pub fn load_public(root: &Root) -> Result<AccountDb> {
-        Ok(AccountDb {
-            passwd: Table::load(root.join(PASSWD), FileSpec::root(0o644))?,
-            shadow: Table::absent(root.join(SHADOW)),
-            group: Table::load(root.join(GROUP), FileSpec::root(0o644))?,
-            gshadow: Table::absent(root.join(GSHADOW)),
-            read_only: true,
-            root: root.clone(),
+        read_consistent(root, true, |root| {
+            Ok(AccountDb {
+                passwd: Table::load(root.join(PASSWD), FileSpec::root(0o644))?,
+                shadow: Table::absent(root.join(SHADOW)),
+                group: Table::load(root.join(GROUP), FileSpec::root(0o644))?,
+                gshadow: Table::absent(root.join(GSHADOW)),
+                read_only: true,
+                root: root.clone(),
+                memberships: OnceCell::new(),
+                used_ids: OnceCell::new(),
+                free_from: Cell::new((0, 0)),
+            })
         })
+    }
+
+    /// Whether no file read was replaced since.
+    fn still_current(&self) -> Result<bool> {
+        if !(self.passwd.still_current()? && self.group.still_current()?) {
+            return Ok(false);
+        }
+        if self.read_only {
+            return Ok(true);
+        }
+        Ok(self.shadow.still_current()? && self.gshadow.still_current()?)
     }
 
     pub fn users(&self) -> impl Iterator<Item = &PasswdEntry> {
@@ -474,6 +584,7 @@ impl AccountDb {
         self.passwd.entries().find(|u| u.uid == uid)
     }
 
+    /// The entry of `name`, to change anything but the name.
     pub fn user_mut(&mut self, name: &str) -> Option<&mut PasswdEntry> {
         self.passwd.get_mut(name)
     }
@@ -482,6 +593,7 @@ impl AccountDb {
         self.shadow.get(name)
     }
 
+    /// The shadow entry of `name`, to change anything but the name.
     pub fn shadow_mut(&mut self, name: &str) -> Option<&mut ShadowEntry> {
         self.shadow.get_mut(name)
     }
@@ -500,37 +612,65 @@ impl AccountDb {
 
     /// The groups that list `user` as a member (not the primary group).
     pub fn groups_of(&self, user: &str) -> Vec<&str> {
-        self.group
-            .entries()
-            .filter(|g| g.members.iter().any(|m| m == user))
-            .map(|g| g.name.as_str())
+        let Some(lines) = self.memberships().get(user) else {
+            return Vec::new();
+        };
+        lines
+            .iter()
+            .filter_map(|&at| match self.group.lines.get(at) {
+                Some(Line::Entry(g)) => Some(g.name.as_str()),
+                _ => None,
+            })
             .collect()
+    }
+
+    fn memberships(&self) -> &HashMap<String, Vec<usize>> {
+        self.memberships.get_or_init(|| {
+            let mut index: HashMap<String, Vec<usize>> = HashMap::new();
+            for (at, line) in self.group.lines.iter().enumerate() {
+                if let Line::Entry(g) = line {
+                    let unique: BTreeSet<&String> = g.members.iter().collect();
+                    for member in unique {
+                        index.entry(member.clone()).or_default().push(at);
+                    }
+                }
+            }
+            index
+        })
     }
 
     /// The lowest id `>= min` and `< max` used neither as a uid nor as a
     /// gid, so a new user's private group can have the same number.
     pub fn free_id(&self, min: u32, max: u32) -> Option<u32> {
-        let mut used: Vec<u32> = self
-            .passwd
-            .entries()
-            .map(|u| u.uid)
-            .chain(self.group.entries().map(|g| g.gid))
-            .filter(|&id| id >= min && id < max)
-            .collect();
-        used.sort_unstable();
-        used.dedup();
-        let mut candidate = min;
-        for id in used {
-            if id == candidate {
-                candidate += 1;
-            } else if id > candidate {
+        let used = self.used_ids.get_or_init(|| {
+            self.passwd
+                .entries()
+                .map(|u| u.uid)
+                .chain(self.group.entries().map(|g| g.gid))
+                .collect()
+        });
+        let mut candidate = match self.free_from.get() {
+            (from_min, from) if from_min == min && from > min => from,
+            _ => min,
+        };
+        for &id in used.range(candidate..) {
+            if id != candidate {
                 break;
             }
+            candidate += 1;
         }
+        self.free_from.set((min, candidate));
         (candidate < max).then_some(candidate)
     }
 
+    fn id_used(&mut self, id: u32) {
+        if let Some(used) = self.used_ids.get_mut() {
+            used.insert(id);
+        }
+    }
+
     pub fn add_group(&mut self, name: &str, gid: u32) {
+        self.id_used(gid);
         self.group.push(GroupEntry {
             name: name.into(),
             password: "x".into(),
@@ -548,6 +688,8 @@ impl AccountDb {
     }
 
     pub fn add_user(&mut self, user: &NewUser) {
+        self.id_used(user.uid);
+        self.id_used(user.gid);
         self.passwd.push(PasswdEntry {
             name: user.name.clone(),
             password: "x".into(),
@@ -575,8 +717,21 @@ impl AccountDb {
     /// whether anything changed.
     pub fn set_member(&mut self, group: &str, user: &str, member: bool) -> bool {
         let mut changed = false;
-        if let Some(g) = self.group.get_mut(group) {
-            changed |= set_in(&mut g.members, user, member);
+        if let Some(at) = self.group.position(group) {
+            if let Some(Line::Entry(g)) = self.group.lines.get_mut(at) {
+                changed |= set_in(&mut g.members, user, member);
+                let listed = g.members.iter().any(|m| m == user);
+                if let Some(index) = self.memberships.get_mut() {
+                    let lines = index.entry(user.to_string()).or_default();
+                    match (lines.binary_search(&at), listed) {
+                        (Err(i), true) => lines.insert(i, at),
+                        (Ok(i), false) => {
+                            lines.remove(i);
+                        }
+                        _ => {}
+                    }
+                }
+            }
         }
         if let Some(g) = self.gshadow.get_mut(group) {
             changed |= set_in(&mut g.members, user, member);
@@ -647,6 +802,59 @@ impl AccountDb {
             GSHADOW => self.gshadow.backup(),
             _ => self.group.backup(),
         }
+    }
+}
+
+/// How long a reader waits for a pending transaction to finish, or for
+/// the files to stop changing, before it refuses. A live bs-users save
+/// holds its journal for four atomic writes, well under this; a journal
+/// still there after it was left by a killed run.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// Read with `read` until a set is read that no transaction and no other
+/// writer touched meanwhile; with `refuse_pending`, a journal that stays
+/// is an error naming the fix.
+fn read_consistent(
+    root: &Root,
+    refuse_pending: bool,
+    read: impl Fn(&Root) -> Result<AccountDb>,
+) -> Result<AccountDb> {
+    let start = Instant::now();
+    loop {
+        let blocked = if refuse_pending { pending(root)? } else { None };
+        if blocked.is_none() {
+            let db = read(root)?;
+            let after = if refuse_pending { pending(root)? } else { None };
+            if after.is_none() && db.still_current()? {
+                return Ok(db);
+            }
+        }
+        if start.elapsed() >= SETTLE {
+            return Err(blocked.unwrap_or_else(|| CoreError::Unsafe {
+                path: root.join(PASSWD),
+                reason: format!(
+                    "the account files kept changing while they were read for {} s; try again",
+                    SETTLE.as_secs()
+                ),
+            }));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The refusal for a pending bs-users transaction, if one is pending.
+fn pending(root: &Root) -> Result<Option<CoreError>> {
+    let path = root.join(JOURNAL);
+    match std::fs::symlink_metadata(&path) {
+        Ok(_) => Ok(Some(CoreError::Unsafe {
+            path,
+            reason: "a bs-users run was stopped while it changed the account files, \
+                     which may be half old, half new; run `bs-users apply` to finish \
+                     that change, then run this again"
+                .into(),
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CoreError::io(path, e)),
     }
 }
 
@@ -795,6 +1003,115 @@ mod tests {
     }
 
     #[test]
+    fn a_pending_transaction_is_refused_to_readers_until_bs_users_finishes_it() {
+        let (dir, root) = sandbox();
+        let lock = PwLock::acquire(&root, Duration::from_secs(1)).unwrap();
+        let mut db = AccountDb::load(&root).unwrap();
+        add_alice(&mut db);
+        // Killed after shadow and passwd: alice has a passwd line but no group.
+        let mut n = 0;
+        let _ = db.save_with(&mut |_| {
+            n += 1;
+            if n > 2 {
+                Err(CoreError::Usage("killed".into()))
+            } else {
+                Ok(())
+            }
+        });
+        drop(lock);
+        assert!(std::fs::read_to_string(dir.path().join("etc/passwd"))
+            .unwrap()
+            .contains("alice:"));
+        // Every reader (bs-perms, bs-docker, bs-jobs, bs-release) waits a
+        // little, then refuses with the fix, rather than use the torn set.
+        for load in [AccountDb::load, AccountDb::load_public] {
+            let start = Instant::now();
+            let err = load(&root).unwrap_err();
+            assert!(start.elapsed() >= SETTLE, "refused without waiting");
+            let text = err.to_string();
+            assert_eq!(err.kind(), "unsafe_path");
+            assert!(text.contains(JOURNAL), "{text}");
+            assert!(text.contains("run `bs-users apply`"), "{text}");
+        }
+        // bs-users itself still reads the files as they are (plan, check).
+        assert!(AccountDb::load_as_is(&root)
+            .unwrap()
+            .user("alice")
+            .is_some());
+        // Once bs-users has finished the transaction, readers read the new set.
+        let lock = PwLock::acquire(&root, Duration::from_secs(1)).unwrap();
+        recover(&root, &lock).unwrap();
+        let db = AccountDb::load(&root).unwrap();
+        assert_eq!(db.group("alice").unwrap().gid, 1000);
+        assert_eq!(db.groups_of("alice"), vec!["sudo"]);
+    }
+
+    #[test]
+    fn a_journal_that_goes_away_while_a_reader_waits_is_a_live_save_not_a_refusal() {
+        let (dir, root) = sandbox();
+        let journal = root.join(JOURNAL);
+        std::fs::write(&journal, "{}").unwrap();
+        let remover = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            std::fs::remove_file(journal).unwrap();
+        });
+        let db = AccountDb::load(&root).unwrap();
+        remover.join().unwrap();
+        assert!(db.user("root").is_some());
+        drop(dir);
+    }
+
+    #[test]
+    fn a_file_replaced_after_it_was_read_makes_the_set_not_current() {
+        let (dir, root) = sandbox();
+        let db = AccountDb::load(&root).unwrap();
+        assert!(db.still_current().unwrap());
+        // what every writer does: a new file renamed over the old one
+        let etc = dir.path().join("etc");
+        std::fs::write(etc.join("group.new"), "root:x:0:\n").unwrap();
+        std::fs::rename(etc.join("group.new"), etc.join("group")).unwrap();
+        assert!(!db.still_current().unwrap());
+        assert!(AccountDb::load(&root).unwrap().still_current().unwrap());
+    }
+
+    #[test]
+    fn the_indexes_follow_every_change_in_file_order() {
+        let (dir, root) = sandbox();
+        std::fs::write(
+            dir.path().join("etc/group"),
+            "root:x:0:\nsudo:x:27:olduser,alice\nstaff:x:50:alice,alice\nsudo:x:28:bob\n",
+        )
+        .unwrap();
+        let mut db = AccountDb::load(&root).unwrap();
+        // the first line of a name is the one in use, as for every reader
+        assert_eq!(db.group("sudo").unwrap().gid, 27);
+        assert_eq!(db.groups_of("alice"), vec!["sudo", "staff"]);
+        assert_eq!(db.groups_of("bob"), vec!["sudo"]);
+        db.add_group("developers", 10001);
+        assert!(db.set_member("developers", "alice", true));
+        assert!(db.set_member("sudo", "alice", false));
+        assert!(db.set_member("root", "alice", true));
+        assert_eq!(db.groups_of("alice"), vec!["root", "staff", "developers"]);
+        // listed twice in staff: removing one listing leaves them a member
+        assert!(db.set_member("staff", "alice", false));
+        assert_eq!(db.groups_of("alice"), vec!["root", "staff", "developers"]);
+        assert!(db.set_member("staff", "alice", false));
+        assert_eq!(db.groups_of("alice"), vec!["root", "developers"]);
+        assert_eq!(db.groups_of("nobody"), Vec::<&str>::new());
+        // the repair drops the second sudo line: bob's membership goes with it
+        db.repair(&|_| false);
+        assert_eq!(db.groups_of("bob"), Vec::<&str>::new());
+        assert_eq!(db.groups_of("alice"), vec!["root", "developers"]);
+        assert!(db.set_member("developers", "bob", true));
+        assert_eq!(db.groups_of("bob"), vec!["developers"]);
+        assert_eq!(db.group("developers").unwrap().gid, 10001);
+        db.save().unwrap();
+        let again = AccountDb::load(&root).unwrap();
+        assert_eq!(again.groups_of("alice"), vec!["root", "developers"]);
+        assert_eq!(again.groups_of("bob"), vec!["developers"]);
+    }
+
+    #[test]
     fn recovery_leaves_a_file_someone_changed_since_and_the_repair_mends_the_mix() {
         let (dir, root) = sandbox();
         let lock = PwLock::acquire(&root, Duration::from_secs(1)).unwrap();
@@ -934,6 +1251,22 @@ mod tests {
         });
         assert_eq!(db.free_id(1000, 60000), Some(1002));
         assert_eq!(db.free_id(1000, 1002), None);
+        // ids taken after the first look-up count too
+        db.add_group("h", 1002);
+        db.add_group("far", 1004);
+        assert_eq!(db.free_id(1000, 60000), Some(1003));
+        assert_eq!(db.free_id(999, 60000), Some(999));
+        db.add_user(&NewUser {
+            name: "v".into(),
+            uid: 1003,
+            gid: 1003,
+            gecos: String::new(),
+            home: "/home/v".into(),
+            shell: "/bin/sh".into(),
+        });
+        assert_eq!(db.free_id(1000, 60000), Some(1005));
+        assert_eq!(db.free_id(1000, 1005), None);
+        assert_eq!(db.free_id(1004, 60000), Some(1005));
     }
 
     #[test]

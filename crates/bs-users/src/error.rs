@@ -24,7 +24,9 @@ pub enum UsersError {
 }
 
 /// Input echoed in a message, cut to a readable prefix: a 50 MB list line
-/// must not become a 50 MB error record (issue 12, item 10).
+/// must not become a 50 MB error record (issue 12, item 10). Every error
+/// record is also capped whole (`bs_core::output::ERROR_TEXT_MAX`); this
+/// shorter cut keeps what the message says after the input readable.
 pub fn shown(input: &str) -> String {
     const MAX: usize = 64;
     if input.len() <= MAX {

@@ -187,7 +187,9 @@ pub fn converge(
             );
         }
     }
-    let mut db = AccountDb::load(root)?;
+    // After recovery no transaction is pending; plan and check reported
+    // it above and read the files as they are.
+    let mut db = AccountDb::load_as_is(root)?;
     let ledger = Ledger::load(root)?;
     let sa_name = &config.service_account.name;
     for repair in db.repair(&|u| &u.name == sa_name || ledger.users.contains_key(&u.name)) {

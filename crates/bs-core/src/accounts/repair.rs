@@ -25,9 +25,9 @@ pub struct Repair {
     pub fix: String,
 }
 
-fn dedup<T: Record>(table: &mut Table<T>, file: &'static str, out: &mut Vec<Repair>) {
+fn dedup<T: Record + Clone>(table: &mut Table<T>, file: &'static str, out: &mut Vec<Repair>) {
     let mut seen = BTreeSet::new();
-    table.lines.retain(|l| match l {
+    table.retain(|l| match l {
         Line::Entry(e) if !seen.insert(e.key().to_string()) => {
             out.push(Repair {
                 file,
@@ -41,14 +41,14 @@ fn dedup<T: Record>(table: &mut Table<T>, file: &'static str, out: &mut Vec<Repa
     });
 }
 
-fn remove_orphans<T: Record>(
+fn remove_orphans<T: Record + Clone>(
     table: &mut Table<T>,
     file: &'static str,
     keep: &BTreeSet<String>,
     owner: &str,
     out: &mut Vec<Repair>,
 ) {
-    table.lines.retain(|l| match l {
+    table.retain(|l| match l {
         Line::Entry(e) if !keep.contains(e.key()) => {
             out.push(Repair {
                 file,
@@ -69,6 +69,10 @@ impl AccountDb {
     /// accounts with a dangling gid are left to their owner.
     pub fn repair(&mut self, private_group_for: &dyn Fn(&PasswdEntry) -> bool) -> Vec<Repair> {
         let mut out = Vec::new();
+        // Lines move and members change below: rebuilt when next needed.
+        self.memberships = std::cell::OnceCell::new();
+        self.used_ids = std::cell::OnceCell::new();
+        self.free_from.set((0, 0));
         dedup(&mut self.passwd, super::PASSWD, &mut out);
         dedup(&mut self.group, super::GROUP, &mut out);
         let users: BTreeSet<String> = self.passwd.entries().map(|u| u.name.clone()).collect();
@@ -77,11 +81,9 @@ impl AccountDb {
 
         // Missing private groups first, so gshadow below gets them too.
         let mut add: Vec<(String, u32)> = Vec::new();
+        let gids: BTreeSet<u32> = self.group.entries().map(|g| g.gid).collect();
         for u in self.passwd.entries() {
-            if self.group_by_gid(u.gid).is_none()
-                && !groups_before.contains(&u.name)
-                && private_group_for(u)
-            {
+            if !gids.contains(&u.gid) && !groups_before.contains(&u.name) && private_group_for(u) {
                 add.push((u.name.clone(), u.gid));
             }
         }
