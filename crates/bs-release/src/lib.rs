@@ -94,6 +94,14 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
             if *status {
                 return web::status(&socket, out);
             }
+            // The server is the service account's own (its systemd unit) or
+            // root's: a person through sudo could otherwise put a server of
+            // theirs on a socket others trust.
+            if identity::SudoEnv::from_env().user.is_some() {
+                return Err(Error::Denied(
+                    "bs-release serve runs from its systemd unit, not through sudo (serve --status is fine)".into(),
+                ));
+            }
             return web::serve(root, config, &socket, cli.global.lock_timeout, out);
         }
         _ => {}

@@ -598,3 +598,87 @@ fn status_says_who_is_connected_and_a_restart_loses_no_vote() {
     );
     assert_eq!(r.status, 403);
 }
+
+#[test]
+fn the_other_forms_do_what_the_cli_does() {
+    let w = Web::start();
+    let r = w.post("alice", "/requests", &[("workspace", "ws1")]);
+    let id = r
+        .header("location")
+        .unwrap()
+        .trim_start_matches("/requests/")
+        .to_string();
+    let add = |paths: &str, supporting: bool| {
+        let mut f = vec![("paths", paths)];
+        if supporting {
+            f.push(("supporting", "1"));
+        }
+        w.post("alice", &format!("/requests/{id}/add"), &f)
+    };
+    assert_eq!(add("output/table.csv", false).status, 303);
+    assert_eq!(add("output/notes.txt", true).status, 303);
+    // A file the manifest refuses is refused with the CLI's reason.
+    let r = add("output/link.csv", false);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("symlink"), "{}", r.body);
+    let req = w.sb.request_json(&id);
+    assert_eq!(req["files"]["output/notes.txt"]["filetype"], "supporting");
+    assert!(req["files"].get("output/link.csv").is_none());
+    let r = w.post(
+        "alice",
+        &format!("/requests/{id}/remove"),
+        &[("path", "output/notes.txt")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(w.sb.request_json(&id)["files"]
+        .get("output/notes.txt")
+        .is_none());
+    // A checker may not withdraw the author's request; the author may.
+    assert_eq!(
+        w.post("rita", &format!("/requests/{id}/withdraw"), &[])
+            .status,
+        403
+    );
+    let r = w.post("alice", &format!("/requests/{id}/withdraw"), &[]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(w.sb.request_json(&id)["state"], "withdrawn");
+    // Reviewed on the CLI; published only when approved; rejected with a reason.
+    let id = w.submitted();
+    for who in ["rita", "victor"] {
+        w.sb.review_all(
+            who,
+            &id,
+            &["output/table.csv", "output/fig.png"],
+            "--approve",
+        );
+    }
+    let r = w.post("rita", &format!("/requests/{id}/publish"), &[]);
+    assert_eq!(r.status, 409, "{}", r.body);
+    let r = w.post("rita", &format!("/requests/{id}/reject"), &[]);
+    assert!(matches!(r.status, 400 | 403), "{}", r.body);
+    assert_eq!(w.sb.request_json(&id)["state"], "reviewed");
+    let r = w.post(
+        "rita",
+        &format!("/requests/{id}/reject"),
+        &[("comment", "not for release")],
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(w.sb.request_json(&id)["state"], "rejected");
+    // No such action; no such request.
+    assert_eq!(
+        w.post("rita", &format!("/requests/{id}/explode"), &[])
+            .status,
+        404
+    );
+    assert_eq!(w.get("rita", "/requests/999").status, 404);
+    // The server is not something a person starts through sudo.
+    let r =
+        w.sb.run("alice", &["serve", "--socket", "/tmp/not-here.sock"]);
+    assert_ne!(r.code, 0);
+    assert_eq!(
+        r.error_kinds(),
+        vec!["not_permitted".to_string()],
+        "{:?}",
+        r.records
+    );
+}

@@ -47,7 +47,7 @@ pub(crate) fn handle(server: &Server, req: &Request, uid: u32) -> (String, Respo
     let segs = segments(&req.path);
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let resp = match req.method.as_str() {
-        "GET" | "HEAD" => pages::get(server, &caller, uid, &segs, req),
+        "GET" => pages::get(server, &caller, uid, &segs, req),
         "POST" => match csrf_ok(server, req, uid) {
             Ok(()) => actions::post(server, &caller, &segs, &req.form()),
             Err(why) => {
