@@ -15,6 +15,7 @@ mod http;
 mod outputs;
 mod pages;
 mod render;
+mod request_page;
 mod routes;
 mod status;
 
