@@ -152,6 +152,31 @@ fn check_table(bytes: &[u8], sep: u8, cfg: &ReleaseConfig, out: &mut Vec<Finding
     }
 }
 
+/// The records of a CSV or TSV as text (the header first), read as the
+/// checks read them, blank lines skipped: what the web UI shows as a table.
+pub fn table(bytes: &[u8], sep: u8) -> Vec<Vec<String>> {
+    let mut records = Records::new(bytes, sep);
+    let mut fields: Vec<Cow<'_, [u8]>> = Vec::new();
+    let mut out = Vec::new();
+    while records.next_into(&mut fields) {
+        if fields.len() == 1 && fields[0].is_empty() {
+            continue;
+        }
+        out.push(
+            fields
+                .iter()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect(),
+        );
+    }
+    out
+}
+
+/// Whether a cell holds what the low-count check flags.
+pub fn low_count_cell(cell: &str, threshold: u64) -> bool {
+    is_low_count(cell.as_bytes(), threshold)
+}
+
 /// A whole number from 1 to `threshold` (`5`, `5.0`, ` 3 `); not `0`, not `2.5`.
 fn is_low_count(cell: &[u8], threshold: u64) -> bool {
     let t = cell.trim_ascii();

@@ -77,6 +77,17 @@ pub enum Command {
         #[arg(long)]
         delete: bool,
     },
+    /// The review web UI on a Unix socket (`[release] web_socket`, or the
+    /// socket systemd passes): people reach it with `ssh -L`, and are known
+    /// by the kernel's peer credentials. Runs as the service account (or root).
+    Serve {
+        /// Listen here instead of `[release] web_socket`.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Say who is connected to the running server, and exit.
+        #[arg(long)]
+        status: bool,
+    },
     /// What `apply` would do: the state directories and the sudo host file.
     Plan,
     /// Create the request store, the audit directory and /etc/bs/release.toml (root only).

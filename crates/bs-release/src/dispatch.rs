@@ -63,7 +63,46 @@ pub(crate) fn run(
             return Err(e);
         }
     };
-    let request_id = match &cli.command {
+    let ctx = Ctx {
+        root,
+        config,
+        store,
+        audit,
+        caller,
+        out,
+    };
+    let mut ctx = ctx;
+    run_as(&mut ctx, cli.command)
+}
+
+/// Do one command for an established caller, auditing a refusal: the CLI
+/// and the web UI (`serve`) both come through here, so a command refused
+/// on one is refused, and recorded, the same way on the other.
+pub(crate) fn run_as(ctx: &mut Ctx<'_>, command: Command) -> Result<Map<String, Value>> {
+    let request_id = request_of(&command);
+    let result = ctx.dispatch(command);
+    if let Err(e) = &result {
+        audit_refusal(ctx, request_id.as_deref(), e);
+    }
+    result
+}
+
+/// Every refusal is part of the record (issue 12): a self-review attempt
+/// or an unsafe path is worth knowing about. A failure to write this entry
+/// must not hide the refusal itself.
+pub(crate) fn audit_refusal(ctx: &mut Ctx<'_>, request: Option<&str>, e: &Error) {
+    let mut entry = refusal(&ctx.caller.user, request, e);
+    if ctx.caller.via != "sudo" {
+        if let Value::Object(m) = &mut entry.detail {
+            m.insert("via".into(), Value::from(ctx.caller.via));
+        }
+    }
+    let _ = ctx.audit.append(&[entry]);
+}
+
+/// The request a command is about, for the record of a refusal.
+fn request_of(command: &Command) -> Option<String> {
+    match command {
         Command::Review { id, .. } | Command::Publish { id } | Command::Show { id } => {
             Some(id.clone())
         }
@@ -81,33 +120,11 @@ pub(crate) fn run(
             | RequestCommand::Reject { id, .. } => Some(id.clone()),
         },
         _ => None,
-    };
-    let mut ctx = Ctx {
-        root,
-        config,
-        store,
-        audit,
-        caller,
-        out,
-    };
-    let result = ctx.dispatch(cli.command);
-    if let Err(e) = &result {
-        // Every refusal is part of the record (issue 12): a self-review
-        // attempt or an unsafe path is worth knowing about. A failure to
-        // write this entry must not hide the refusal itself.
-        let mut entry = refusal(&ctx.caller.user, request_id.as_deref(), e);
-        if ctx.caller.via != "sudo" {
-            if let Value::Object(m) = &mut entry.detail {
-                m.insert("via".into(), Value::from(ctx.caller.via));
-            }
-        }
-        let _ = ctx.audit.append(&[entry]);
     }
-    result
 }
 
 /// The audit entry of a refused command.
-fn refusal(user: &str, request: Option<&str>, e: &Error) -> Entry {
+pub(crate) fn refusal(user: &str, request: Option<&str>, e: &Error) -> Entry {
     use bs_core::cli::Report;
     Entry {
         time: timefmt::now(),
@@ -123,7 +140,7 @@ fn refusal(user: &str, request: Option<&str>, e: &Error) -> Entry {
 }
 
 impl Ctx<'_> {
-    fn dispatch(&mut self, command: Command) -> Result<Map<String, Value>> {
+    pub(crate) fn dispatch(&mut self, command: Command) -> Result<Map<String, Value>> {
         match command {
             Command::Files { workspace } => self.files(&workspace),
             Command::Request(rc) => match rc {
@@ -181,7 +198,7 @@ impl Ctx<'_> {
             Command::Audit { since } => self.audit_log(since.as_deref()),
             Command::Disclosure { paths } => self.check(&paths),
             Command::SyncLevel4 { to, delete } => crate::sync::sync(self, &to, delete),
-            Command::Plan | Command::Apply(_) | Command::Check => {
+            Command::Plan | Command::Apply(_) | Command::Check | Command::Serve { .. } => {
                 Err(Error::Usage("handled before".into()))
             }
         }

@@ -97,6 +97,40 @@ pub fn resolve(
             "cannot tell who is calling: run bs-release through sudo as the service account".into(),
         ));
     };
+    named(db, config, name, via)
+}
+
+/// The person connected to `serve`'s socket: the uid the kernel reports
+/// for the connecting process (SO_PEERCRED), mapped to its passwd entry
+/// under the root and so to the GitHub login bs-users listed. Root and the
+/// service account have no release role through the web.
+pub fn from_peer(
+    db: &AccountDb,
+    config: &ReleaseConfig,
+    uid: u32,
+    service_uid: u32,
+) -> Result<Caller> {
+    if uid == 0 || uid == service_uid {
+        return Err(Error::Identity(format!(
+            "uid {uid} (root or the service account) has no release role in the web UI"
+        )));
+    }
+    let Some(entry) = db.user_by_uid(uid) else {
+        return Err(Error::Identity(format!(
+            "the connecting process runs as uid {uid}, which has no passwd entry"
+        )));
+    };
+    let name = entry.name.clone();
+    named(db, config, name, "web")
+}
+
+/// The caller `name` (reached by `via`), with roles from their groups.
+fn named(
+    db: &AccountDb,
+    config: &ReleaseConfig,
+    name: String,
+    via: &'static str,
+) -> Result<Caller> {
     let Some(entry) = db.user(&name) else {
         return Err(Error::Identity(format!(
             "--as {name}: no such user in the passwd file"

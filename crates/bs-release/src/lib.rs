@@ -33,6 +33,7 @@ pub mod timefmt;
 mod ulid;
 mod views;
 mod visibility;
+mod web;
 mod workspace_files;
 
 use std::path::{Path, PathBuf};
@@ -85,6 +86,23 @@ pub fn run(cli: Cli, out: &mut Output) -> Result<Map<String, Value>> {
                 None => None,
             };
             return setup::run(&root, &config, out, Mode::Apply, given);
+        }
+        Command::Serve { socket, status } => {
+            let socket = socket
+                .clone()
+                .unwrap_or_else(|| root.join(&config.release.web_socket));
+            if *status {
+                return web::status(&socket, out);
+            }
+            // The server is the service account's own (its systemd unit) or
+            // root's: a person through sudo could otherwise put a server of
+            // theirs on a socket others trust.
+            if identity::SudoEnv::from_env().user.is_some() {
+                return Err(Error::Denied(
+                    "bs-release serve runs from its systemd unit, not through sudo (serve --status is fine)".into(),
+                ));
+            }
+            return web::serve(root, config, &socket, cli.global.lock_timeout, out);
         }
         _ => {}
     }

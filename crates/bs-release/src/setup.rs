@@ -51,6 +51,34 @@ pub enum SetupChange {
         repo: std::path::PathBuf,
         backend: String,
     },
+    /// The systemd unit of `bs-release serve` (new or different; never enabled here).
+    WriteUnit { target: String, content: String },
+}
+
+/// Where the unit goes.
+pub const UNIT_DIR: &str = "/etc/systemd/system";
+pub const WEB_UNIT: &str = "bs-release-web.service";
+const WEB_UNIT_TEMPLATE: &str = include_str!("../units/bs-release-web.service");
+
+/// The unit as it must be on this backend: run as the service account,
+/// its socket's directory made by systemd when it is under /run.
+pub fn web_unit(config: &Config) -> String {
+    let socket = &config.release.web_socket;
+    let runtime = match socket
+        .parent()
+        .and_then(|p| p.strip_prefix("/run").ok())
+        .and_then(|d| d.to_str())
+    {
+        Some(dir) if !dir.is_empty() && !dir.contains('/') => {
+            format!("RuntimeDirectory={dir}\nRuntimeDirectoryMode=0755")
+        }
+        _ => "# The socket's directory is not under /run: it must exist, writable by the service account.".into(),
+    };
+    WEB_UNIT_TEMPLATE
+        .replace("@USER@", &config.service_account.name)
+        .replace("@GROUP@", &config.service_account.gid.to_string())
+        .replace("@BIN@", "/usr/local/bin/bs-release")
+        .replace("@RUNTIME@", &runtime)
 }
 
 impl Change for SetupChange {
@@ -59,6 +87,7 @@ impl Change for SetupChange {
             SetupChange::Ensure { .. } => "dir",
             SetupChange::Create { .. } | SetupChange::Write { .. } => "file",
             SetupChange::WriteSnapshot { .. } => "snapshot",
+            SetupChange::WriteUnit { .. } => "unit",
         }
     }
     fn target(&self) -> String {
@@ -66,7 +95,8 @@ impl Change for SetupChange {
             SetupChange::Ensure { target, .. }
             | SetupChange::Create { target, .. }
             | SetupChange::WriteSnapshot { target, .. }
-            | SetupChange::Write { target, .. } => target.clone(),
+            | SetupChange::Write { target, .. }
+            | SetupChange::WriteUnit { target, .. } => target.clone(),
         }
     }
 }
@@ -132,6 +162,14 @@ fn plan(root: &Root, config: &Config, snap: &Snapshot) -> Result<Vec<SetupChange
             target: HOST_FILE.into(),
             repo: w.pin.repo.clone(),
             backend: w.pin.backend.clone(),
+        });
+    }
+    let unit = root.join(UNIT_DIR).join(WEB_UNIT);
+    let content = web_unit(config);
+    if std::fs::read_to_string(&unit).ok().as_deref() != Some(content.as_str()) {
+        changes.push(SetupChange::WriteUnit {
+            target: root.display_path(&unit),
+            content,
         });
     }
     Ok(changes)
@@ -254,6 +292,20 @@ pub(crate) fn run(
         needs_pin,
         &json!({"action": if needs_pin {"write"} else {"none"}, "target": HOST_FILE,
                 "repo": pin.repo, "backend": pin.backend}),
+    );
+
+    let unit = root.join(UNIT_DIR).join(WEB_UNIT);
+    let target = root.display_path(&unit);
+    let needs_unit = has(&target);
+    if apply && needs_unit {
+        safefs::ensure_dir_all(unit.parent().unwrap_or(root.path()), &FileSpec::root(0o755))?;
+        safefs::write_atomic(&unit, web_unit(config).as_bytes(), &FileSpec::root(0o644))?;
+    }
+    out.item(
+        "unit",
+        needs_unit,
+        &json!({"action": if needs_unit {"write"} else {"none"}, "target": target,
+                "enable": "systemctl daemon-reload && systemctl enable --now bs-release-web"}),
     );
     Ok(Map::new())
 }

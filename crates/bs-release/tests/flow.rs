@@ -859,8 +859,8 @@ fn apply_creates_the_state_directories_and_pins_the_host_config() {
     c.arg("plan");
     let r = Run_of(&mut c);
     r.ok();
-    // requests, audit dir, the two snapshot files, pin; the token file exists already
-    assert_eq!(r.summary()["changed"], 5);
+    // requests, audit dir, the two snapshot files, pin, the web unit; the token file exists already
+    assert_eq!(r.summary()["changed"], 6);
     std::fs::remove_file(sb.root.join("etc/bs/release.env")).unwrap();
     assert!(!sb.root.join("etc/bs/release.toml").exists());
     let mut c = sb.cmd();
@@ -886,6 +886,14 @@ fn apply_creates_the_state_directories_and_pins_the_host_config() {
     assert_eq!((m.uid(), m.mode() & 0o7777), (10000, 0o600));
     let pin = std::fs::read_to_string(sb.root.join("etc/bs/release.toml")).unwrap();
     assert!(pin.contains("backend = \"test\""), "{pin}");
+    let unit =
+        std::fs::read_to_string(sb.root.join("etc/systemd/system/bs-release-web.service")).unwrap();
+    assert!(
+        unit.contains("User=opensafely\n")
+            && unit.contains("ExecStart=/usr/local/bin/bs-release serve\n")
+            && unit.contains("RuntimeDirectory=bs-release\n"),
+        "{unit}"
+    );
     let mut c = sb.cmd();
     c.arg("plan");
     let r = Run_of(&mut c);

@@ -49,6 +49,10 @@ pub struct ReleaseConfig {
     /// does, so job-server can notify people (best effort: a failed post is
     /// reported, never fatal).
     pub events: bool,
+    /// The Unix socket `bs-release serve` listens on (the SSH mode: people
+    /// reach it with `ssh -L 8000:<socket> <backend>`; who they are comes
+    /// from the kernel, SO_PEERCRED).
+    pub web_socket: PathBuf,
 }
 
 impl Default for ReleaseConfig {
@@ -75,6 +79,7 @@ impl Default for ReleaseConfig {
             hash_threads: 0,
             copy_threads: 0,
             events: false,
+            web_socket: PathBuf::from("/run/bs-release/web.sock"),
         }
     }
 }
