@@ -195,7 +195,7 @@ assert_failure "rsync's daemon is disabled" \
 
 st_step "packages (install_packages.sh): installed, purged, the engine held"
 for p in libpam-pwquality cracklib-runtime docker.io; do
-    assert_eq "install ok installed" "$(st_exec dpkg-query -W -f '${Status}' "$p")" "$p installed"
+    assert_eq installed "$(st_exec dpkg-query -W -f '${db:Status-Status}' "$p")" "$p installed"
 done
 for p in apport popularity-contest; do
     assert_failure "$p is purged" st_exec dpkg-query -W -f '${Status}' "$p"
