@@ -45,6 +45,9 @@ pub enum PermsChange {
     /// A PAM module put into its stack by `pam-auth-update --enable PROFILE`
     /// (the `pam` record; target `STACK:MODULE`).
     PamEnable { target: String, profile: String },
+    /// A PAM module taken out of its stack by `pam-auth-update --disable
+    /// PROFILE` (a package's profile the config turned off; same record).
+    PamDisable { target: String, profile: String },
 }
 
 impl Change for PermsChange {
@@ -53,7 +56,7 @@ impl Change for PermsChange {
             PermsChange::Walk { .. } => "tree",
             PermsChange::Fix { .. } | PermsChange::Create { .. } => "path",
             PermsChange::Write { .. } | PermsChange::Remove { .. } => "file",
-            PermsChange::PamEnable { .. } => "pam",
+            PermsChange::PamEnable { .. } | PermsChange::PamDisable { .. } => "pam",
         }
     }
     fn target(&self) -> String {
@@ -63,7 +66,8 @@ impl Change for PermsChange {
             | PermsChange::Create { target }
             | PermsChange::Write { target, .. }
             | PermsChange::Remove { target }
-            | PermsChange::PamEnable { target, .. } => target.clone(),
+            | PermsChange::PamEnable { target, .. }
+            | PermsChange::PamDisable { target, .. } => target.clone(),
         }
     }
 }

@@ -124,7 +124,9 @@ pub fn run(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {
         }
     }
 
-    if pam.pwquality {
+    if !pam.pwquality {
+        retire_pwquality(ctx, out, sel);
+    } else {
         let w = Wanted {
             profile: PWQUALITY_PROFILE,
             stack: COMMON_PASSWORD,
@@ -355,6 +357,116 @@ fn retire_umask_profile(
     if let Err(e) = bs_core::safefs::remove_file(&ctx.root.join(profile)) {
         out.error(e.kind(), &target, &e.to_string());
     }
+}
+
+/// `pwquality = false`: libpam-pwquality's own profile is taken out of the
+/// password stack with `pam-auth-update --disable` (remembered: a later
+/// package's pam-auth-update run does not bring it back, as it would after
+/// `--remove` of a profile that is still installed), then our policy drop-in
+/// is deleted. The drop-in stays while the module may still be in the stack:
+/// a failed disable keeps the stricter policy, not pwquality's defaults.
+fn retire_pwquality(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) {
+    if !disable_pwquality(ctx, out, sel) {
+        return;
+    }
+    let conf = &ctx.config.perms.pam.pwquality_conf;
+    if !ctx.root.join(conf).exists() {
+        return;
+    }
+    let target = conf.display().to_string();
+    let change = PermsChange::Remove {
+        target: target.clone(),
+    };
+    if ctx.applying() && !sel.allows(&change) {
+        return;
+    }
+    out.item(
+        "file",
+        true,
+        &json!({"action": "remove", "target": target, "kind": "pwquality_conf"}),
+    );
+    if ctx.applying() {
+        if let Err(e) = bs_core::safefs::remove_file(&ctx.root.join(conf)) {
+            out.error(e.kind(), &target, &e.to_string());
+        }
+    }
+}
+
+/// pam_pwquality out of common-password; `false` if it may still be there.
+fn disable_pwquality(ctx: &RunCtx<'_>, out: &mut Output, sel: &mut Selection) -> bool {
+    let w = Wanted {
+        profile: PWQUALITY_PROFILE,
+        stack: COMMON_PASSWORD,
+        kind: "password",
+        module: "pam_pwquality.so",
+    };
+    let Some(stack) = read_stack(ctx, w.stack) else {
+        return true;
+    };
+    if !stack_has(&stack, w.kind, w.module) {
+        return true;
+    }
+    let target = change_target(&w);
+    let change = PermsChange::PamDisable {
+        target: target.clone(),
+        profile: w.profile.to_string(),
+    };
+    if ctx.applying() && !sel.allows(&change) {
+        return false;
+    }
+    out.item(
+        "pam",
+        true,
+        &json!({"action": "pam_disable", "target": target, "profile": w.profile, "in_stack": true}),
+    );
+    if !ctx.applying() {
+        return true;
+    }
+    let cmd = Cmd::new("env")
+        .args([
+            "DEBIAN_FRONTEND=noninteractive",
+            "pam-auth-update",
+            "--package",
+            "--disable",
+            PWQUALITY_PROFILE,
+        ])
+        .host();
+    match ctx.runner.run(&cmd) {
+        Ok(ran) => {
+            out.emit("command", &ran);
+            if ran.skipped {
+                return true;
+            }
+            if !ran.success() {
+                out.error(
+                    "pam_auth_update",
+                    "pam-auth-update",
+                    &format!("{}: {}", ran.argv.join(" "), ran.stderr),
+                );
+                return false;
+            }
+        }
+        Err(e) => {
+            out.error(e.kind(), "pam-auth-update", &e.to_string());
+            return false;
+        }
+    }
+    if stack_has(
+        &read_stack(ctx, w.stack).unwrap_or_default(),
+        w.kind,
+        w.module,
+    ) {
+        out.error(
+            "pam_stack",
+            &target,
+            &format!(
+                "pam-auth-update ran but {} still has {}: the file was probably edited by hand, and pam-auth-update leaves such files alone; review it, then run `pam-auth-update --force`",
+                w.stack, w.module
+            ),
+        );
+        return false;
+    }
+    true
 }
 
 fn change_target(w: &Wanted) -> String {

@@ -291,3 +291,53 @@ fn turning_pam_umask_off_takes_it_out_of_the_stack_and_removes_our_profile() {
     assert!(removed, "{:#?}", apply.records);
     assert_eq!(sb.run(&["check"]).code, 0);
 }
+
+#[test]
+fn turning_pwquality_off_disables_its_profile_and_removes_our_policy() {
+    let sb = Sandbox::new("[perms.pam]\nenabled = true\numask = false\npwquality = true\n");
+    std::fs::create_dir_all(sb.p("/etc/pam.d")).unwrap();
+    // The stack as libpam-pwquality's postinst leaves it.
+    let with = "password\trequisite\t\t\tpam_pwquality.so retry=3\npassword\t[success=1 default=ignore]\tpam_unix.so obscure use_authtok try_first_pass yescrypt\n";
+    std::fs::write(sb.p("/etc/pam.d/common-password"), with).unwrap();
+    assert_eq!(sb.run(&["apply"]).code, 0);
+    let dropin = sb.p("/etc/security/pwquality.conf.d/bs.conf");
+    assert!(dropin.exists());
+
+    sb.set_local("[perms.pam]\nenabled = true\numask = false\npwquality = false\n");
+    let check = sb.run(&["check"]);
+    assert_eq!(check.code, 3, "{:#?}", check.records);
+    let pam = check.of_type("pam");
+    assert_eq!(pam.len(), 1, "{:#?}", check.records);
+    assert_eq!(pam[0]["action"], "pam_disable");
+    assert_eq!(
+        pam[0]["target"],
+        "/etc/pam.d/common-password:pam_pwquality.so"
+    );
+    assert!(dropin.exists(), "check changes nothing");
+
+    let apply = sb.run(&["apply"]);
+    assert_eq!(apply.code, 0, "{:#?}", apply.records);
+    assert!(!dropin.exists(), "our policy drop-in is deleted");
+    let ran = apply
+        .of_type("command")
+        .into_iter()
+        .find(|c| c["argv"].to_string().contains("pam-auth-update"))
+        .expect("a pam-auth-update record");
+    assert!(
+        ran["argv"]
+            .to_string()
+            .contains("\"--disable\",\"pwquality\""),
+        "{ran}"
+    );
+    assert_eq!(ran["skipped"], true, "never run under a sandbox root");
+
+    // Once pam-auth-update has taken the module out, nothing is left to do.
+    std::fs::write(
+        sb.p("/etc/pam.d/common-password"),
+        "password\t[success=1 default=ignore]\tpam_unix.so obscure yescrypt\n",
+    )
+    .unwrap();
+    let check = sb.run(&["check"]);
+    assert_eq!(check.code, 0, "{:#?}", check.records);
+    assert!(check.of_type("pam").is_empty(), "{:#?}", check.records);
+}

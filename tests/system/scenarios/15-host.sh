@@ -9,8 +9,9 @@
 # engine stays held through `apt-get upgrade`, unattended-upgrades' dry run and `bs-host upgrade`,
 # and moves only with `upgrade --engine`, refused while a job container runs; the hosts block
 # (also in cloud-init's template), motd banner, silenced script, disabled unit and BACKEND are as
-# configured; removing pam_umask from the stack is drift that apply repairs; a second run changes
-# nothing.
+# configured; removing pam_umask from the stack is drift that apply repairs; sudo -i sessions are
+# at 0027 too; pwquality = false takes pam_pwquality out of the stack (and it stays out), true puts
+# it back; a second run changes nothing.
 set -euo pipefail
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -136,6 +137,9 @@ assert_eq "640 750" "$(st_exec stat -c '%a' /home/test-developer/made-by-ssh /ho
 assert_failure "another user cannot read it" \
     st_exec runuser -u test-researcher -- cat /home/test-developer/made-by-ssh
 assert_eq 0027 "$(st_exec su - test-developer -c umask)" "umask of an su - login shell"
+# From a shell at 0022: sudo alone would keep that; pam_umask in sudo -i's session stack makes it 0027.
+assert_eq 0027 "$(st_sh 'su - test-developer -c "umask 0022; sudo -S -i umask" <<<"$1" 2>/dev/null' \
+    "$ST_PASSWORD")" "umask of a sudo -i session"
 assert_eq test "$(st_exec su - test-developer -c 'echo $BACKEND')" "BACKEND in a login shell"
 
 st_step "password quality: chpasswd and passwd refuse weak passwords"
@@ -205,6 +209,30 @@ assert_json_eq 'select(.type == "pam" and .changed) | .target' '"/etc/pam.d/comm
 st_tool sh -c 'cd /opt/bs && BS_BACKEND=test BS_REPO=/opt/bs bs-perms apply'
 assert_eq 0 "$ST_RC" "apply"
 assert_eq 0027 "$(st_ssh "$key" test-developer umask)" "SSH sessions have umask 0027 again"
+
+st_step "pwquality = false after it was on: pam_pwquality out of the stack, and it stays out"
+st_sh "sed -i 's/^pwquality = true/pwquality = false/' /etc/bs/local.toml"
+st_tool sh -c 'cd /opt/bs && BS_BACKEND=test BS_REPO=/opt/bs bs-perms check'
+assert_eq 3 "$ST_RC" "check reports the module as drift"
+assert_json_eq 'select(.type == "pam" and .changed) | "\(.action) \(.target)"' \
+    '"pam_disable /etc/pam.d/common-password:pam_pwquality.so"' "$ST_JSON" "what check reports"
+st_tool sh -c 'cd /opt/bs && BS_BACKEND=test BS_REPO=/opt/bs bs-perms apply'
+assert_eq 0 "$ST_RC" "apply"
+assert_not_contains "$(st_exec cat /etc/pam.d/common-password)" "pam_pwquality" "out of common-password"
+assert_failure "our policy drop-in is gone" st_exec test -e /etc/security/pwquality.conf.d/bs.conf
+# A package's postinst runs pam-auth-update --package: a disabled profile stays disabled.
+st_sh 'DEBIAN_FRONTEND=noninteractive pam-auth-update --package'
+assert_not_contains "$(st_exec cat /etc/pam.d/common-password)" "pam_pwquality" \
+    "still out after another pam-auth-update run"
+assert_success "chpasswd takes a password the policy refused" \
+    st_sh 'echo "test-researcher:Sh0rt!pw" | chpasswd'
+st_tool sh -c 'cd /opt/bs && BS_BACKEND=test BS_REPO=/opt/bs bs-perms check'
+assert_eq 0 "$ST_RC" "no drift with pwquality off"
+local_toml ''
+st_tool sh -c 'cd /opt/bs && BS_BACKEND=test BS_REPO=/opt/bs bs-perms apply'
+assert_eq 0 "$ST_RC" "pwquality on again"
+assert_contains "$(st_exec cat /etc/pam.d/common-password)" "pam_pwquality.so" "back in common-password"
+assert_failure "chpasswd refuses a weak password again" st_sh 'echo "test-researcher:Sh0rt!pw" | chpasswd'
 
 st_step "holds through upgrades: apt-get upgrade, bs-host upgrade, upgrade --engine"
 cp "$v2"/*.deb "$repo/"
