@@ -18,7 +18,9 @@ image=bs-busybox:latest
 
 work=$(mktemp -d /tmp/bs-bench-jobs.XXXXXX)
 trap 'rm -rf --one-file-system "$work"' EXIT
-mkdir -p "$work/root/etc/bs"
+mkdir -p "$work/root/etc/bs" "$work/root/var/run"
+# bs-jobs reaches the engine at [docker] socket under its root.
+ln -s /var/run/docker.sock "$work/root/var/run/docker.sock"
 bsj() { "$bin/bs-jobs" --root "$work/root" --repo "$PWD" --backend test "$@"; }
 now() { date +%s.%N; }
 calc() { python3 -c "import sys; print(format(eval(sys.argv[1]), sys.argv[2]))" "$1" "$2"; }
