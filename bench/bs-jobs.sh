@@ -18,7 +18,9 @@ image=bs-busybox:latest
 
 work=$(mktemp -d /tmp/bs-bench-jobs.XXXXXX)
 trap 'rm -rf --one-file-system "$work"' EXIT
-mkdir -p "$work/root/etc/bs"
+mkdir -p "$work/root/etc/bs" "$work/root/var/run"
+# bs-jobs reaches the engine at [docker] socket under its root.
+ln -s /var/run/docker.sock "$work/root/var/run/docker.sock"
 bsj() { "$bin/bs-jobs" --root "$work/root" --repo "$PWD" --backend test "$@"; }
 now() { date +%s.%N; }
 calc() { python3 -c "import sys; print(format(eval(sys.argv[1]), sys.argv[2]))" "$1" "$2"; }
@@ -85,14 +87,17 @@ for i in range(n):
 PY
 bsr submit "$work/ra.jsonl" >/dev/null
 running() { docker ps -q --filter "label=bs.job.workspace=$ws" | wc -l; }
-bsr work --forever --max-workers "$n" >/dev/null 2>&1 &
+# Not through bsr (a function: $! would be its subshell, and the kill would miss the worker).
+"$bin/bs-jobs" --root "$work/ra" --repo "$PWD" --backend test work --forever --max-workers "$n" \
+    >/dev/null 2>&1 &
 worker=$!
 for ((i = 0; i < 600 && $(running) < n; i++)); do sleep 0.1; done
 [ "$(running)" -eq "$n" ] || { kill -9 "$worker"; echo "bench: only $(running) of $n jobs started" >&2; exit 1; }
 before=$(docker ps -q --no-trunc --filter "label=bs.job.workspace=$ws" | sort)
 kill -9 "$worker"; wait "$worker" 2>/dev/null || true
 r0=$(now)
-bsr work --once --max-workers "$n" >"$work/ra.json" &
+"$bin/bs-jobs" --root "$work/ra" --repo "$PWD" --backend test work --once --max-workers "$n" \
+    >"$work/ra.json" &
 again=$!
 running_entries() { find "$work/ra/var/lib/bs/jobs/running" -name '*.json' | wc -l; }
 for ((i = 0; i < 600; i++)); do

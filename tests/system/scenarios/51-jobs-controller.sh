@@ -30,7 +30,7 @@ st_tool bs-perms --root "$mp" --repo /opt/bs --backend test apply
 assert_eq 0 "$ST_RC" "bs-perms apply"
 st_sh 'mkdir -p "$1/etc/bs" "$1/var/run" && ln -s /var/run/docker.sock "$1/var/run/docker.sock" &&
     printf "[jobs]\ncontroller = \"http://127.0.0.1:%s\"\nhttp_attempts = 2\nhttp_backoff_ms = 100\n\n[http]\ntimeout_secs = 3\nconnect_timeout_secs = 2\n" "$2" >"$1/etc/bs/local.toml" &&
-    (umask 077 && echo JOB_SERVER_TOKEN=st-token >"$1/etc/bs/secrets.env")' st "$mp" "$port"
+    (umask 077 && echo JOB_SERVER_TOKEN=st-token >"$1/etc/bs/secrets.env")' "$mp" "$port"
 
 st_step "the fake job-runner controller"
 st_sh 'cat >/usr/local/bin/fake-controller' <<'EOF'
@@ -201,6 +201,8 @@ define late "$late_image" 'true' '{}' | admin job
 define ghost $bb 'true' '{}' | admin cancel_unseen
 
 st_step "the poller and the worker run in the background"
+# On a failure, what the services said goes to the scenario's output.
+trap 'st_exec sh -c "tail -n 40 /tmp/poller.log /tmp/worker.log" >&2 || true' ERR
 bsj_bg() { st_exec_bg bash -c 'echo $$ >"/tmp/$1.pid"; exec bs-jobs --root "$2" --repo /opt/bs --backend test "${@:3}" >>"/tmp/$1.log" 2>&1' bg "$@"; }
 bsj_bg poller "$mp" poll --every 1
 bsj_bg worker "$mp" work --forever --max-workers 4
