@@ -38,6 +38,12 @@ for h in "${hosts[@]}"; do
         git -c user.name=fleet -c user.email=fleet@bs.invalid commit -q -m "fleet test" &&
         git tag "$1"' "$tag"
 done
+# Each host's secrets: a token the runs must never carry off the host.
+token="fleet-token-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+for h in "${hosts[@]}"; do
+    docker exec "bs-st-$h-$ST_RUN" sh -c 'install -d -m 755 /etc/bs &&
+        umask 077 && printf "JOB_SERVER_TOKEN=%s\n" "$1" >/etc/bs/secrets.env' sh "$token"
+done
 st_use fleet3
 st_fake_keyserver "$served" "$port"
 st_sh 'mkdir -p /etc/bs && printf "%s\n" "[users]" "fetch_keys = true" \
@@ -224,5 +230,12 @@ assert_json_eq '[.plays[].play.name] | . as $n | [range(length) | select(. == 0 
     "$FLEET_JSON" "the rollout's plays, canary first"
 assert_json_eq '[.plays[] | select(.play.name | startswith("Converge the canary")) | .tasks[-1].hosts | keys]' \
     '[["fleet1"]]' "$FLEET_JSON" "the canary play converged fleet1 alone"
-assert_not_contains "$(cat "$ST_LOG_DIR"/*.json "$ST_LOG_DIR"/*.stderr)" "secrets.env" \
-    "no run names the secrets file"
+st_step "the hosts' tokens never left them"
+all_output=$(cat "$ST_LOG_DIR"/*.json "$ST_LOG_DIR"/*.stderr)
+assert_not_contains "$all_output" "$token" "no fleet run's output holds a host's token"
+for h in "${hosts[@]}"; do
+    assert_eq "600 root $token" \
+        "$(docker exec "bs-st-$h-$ST_RUN" sh -c 'stat -c "%a %U" /etc/bs/secrets.env &&
+            cut -d= -f2 /etc/bs/secrets.env' | tr '\n' ' ' | sed 's/ $//')" \
+        "$h's secrets file is where it was, as it was"
+done
