@@ -6,7 +6,7 @@
 # fleet1 is the canary (bs_canary), fleet2 and fleet3 production (bs_production); fleet3's
 # bs-users fetches keys from the tests' fake key server on its loopback.
 #  1. manage.yml converges all three; the hosts are really in the backend's state.
-#  2. manage.yml again: changed=0 on every host.
+#  2. manage.yml again: changed=0 on every host; facts.yml gathers every tool's list/status.
 #  3. A hand-made change on fleet2; check.yml reports drift on fleet2 alone, exits non-zero,
 #     and changes nothing on any host.
 #  4. fleet3's key server answers 500: manage.yml reports fleet3 failed (with every other
@@ -130,6 +130,17 @@ for h in "${hosts[@]}"; do
     assert_eq "0 0" "$(stat "$h" changed) $(stat "$h" failures)" "second run: $h changed=0 failures=0"
     assert_json_eq '[.tools[] | .summary.changed] | add' 0 "$(result "$h" "$converge_task")" \
         "second run: every tool on $h changed nothing"
+done
+
+st_step "2b. facts.yml: list/status of every tool, the records hidden (no_log)"
+fleet_run facts facts.yml
+assert_eq 0 "$FLEET_RC" "exit status of facts.yml"
+for h in "${hosts[@]}"; do
+    assert_json_eq '.censored | type' '"string"' "$(result "$h" "Gather list/status of every tool")" \
+        "$h: the facts task's result is hidden by no_log"
+    assert_json_eq '.msg | map(select(.[1])) | map(.[0]) | sort' \
+        '["bs-chrony","bs-docker","bs-jobs","bs-perms","bs-users"]' \
+        "$(result "$h" "Show which tools answered")" "$h: every tool answered its read-only verb"
 done
 
 st_step "3. a hand-made change on fleet2: check.yml reports it there alone and changes nothing"
