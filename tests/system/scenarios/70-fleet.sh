@@ -138,9 +138,11 @@ assert_eq 0 "$FLEET_RC" "exit status of facts.yml"
 for h in "${hosts[@]}"; do
     assert_json_eq '.censored | type' '"string"' "$(result "$h" "Gather list/status of every tool")" \
         "$h: the facts task's result is hidden by no_log"
-    assert_json_eq '.msg | map(select(.[1])) | map(.[0]) | sort' \
-        '["bs-chrony","bs-docker","bs-jobs","bs-perms","bs-users"]' \
-        "$(result "$h" "Show which tools answered")" "$h: every tool answered its read-only verb"
+    assert_json_eq '.msg | map(select(.[1])) | map(.[0]) | sort' '["bs-jobs","bs-perms","bs-users"]' \
+        "$(result "$h" "Show which tools answered")" "$h: bs-users, bs-perms and bs-jobs answered"
+    # The containers have no Docker engine and no chronyd: those two are warnings, not failures.
+    assert_json_eq '.warnings | map(split(":")[0]) | sort' '["bs-chrony status","bs-docker status"]' \
+        "$(result "$h" "Gather list/status of every tool")" "$h: the tools that could not answer are warned of"
 done
 
 st_step "3. a hand-made change on fleet2: check.yml reports it there alone and changes nothing"
