@@ -36,7 +36,7 @@ inventory=$ST_LOG_DIR/inventory.yml
     done
 } >"$inventory"
 fleet() {
-    ANSIBLE_CONFIG=$PWD/ansible/ansible.cfg ANSIBLE_HOME=$ST_LOG_DIR/ansible-home \
+    LC_ALL=C.UTF-8 ANSIBLE_CONFIG=$PWD/ansible/ansible.cfg ANSIBLE_HOME=$ST_LOG_DIR/ansible-home \
         "$venv/bin/ansible-playbook" -i "$inventory" ansible/playbooks/manage.yml \
         >"$ST_LOG_DIR/fleet-$1.log" 2>&1 ||
         { echo "bench: the fleet run failed ($ST_LOG_DIR/fleet-$1.log)" >&2; tail -n 30 "$ST_LOG_DIR/fleet-$1.log" >&2; exit 1; }

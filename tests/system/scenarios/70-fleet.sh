@@ -6,7 +6,7 @@
 # fleet1 is the canary (bs_canary), fleet2 and fleet3 production (bs_production); fleet3's
 # bs-users fetches keys from the tests' fake key server on its loopback.
 #  1. manage.yml converges all three; the hosts are really in the backend's state.
-#  2. manage.yml again: changed=0 on every host.
+#  2. manage.yml again: changed=0 on every host; facts.yml gathers every tool's list/status.
 #  3. A hand-made change on fleet2; check.yml reports drift on fleet2 alone, exits non-zero,
 #     and changes nothing on any host.
 #  4. fleet3's key server answers 500: manage.yml reports fleet3 failed (with every other
@@ -38,6 +38,12 @@ for h in "${hosts[@]}"; do
         git -c user.name=fleet -c user.email=fleet@bs.invalid commit -q -m "fleet test" &&
         git tag "$1"' "$tag"
 done
+# Each host's secrets: a token the runs must never carry off the host.
+token="fleet-token-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+for h in "${hosts[@]}"; do
+    docker exec "bs-st-$h-$ST_RUN" sh -c 'install -d -m 755 /etc/bs &&
+        umask 077 && printf "JOB_SERVER_TOKEN=%s\n" "$1" >/etc/bs/secrets.env' sh "$token"
+done
 st_use fleet3
 st_fake_keyserver "$served" "$port"
 st_sh 'mkdir -p /etc/bs && printf "%s\n" "[users]" "fetch_keys = true" \
@@ -65,7 +71,7 @@ fleet_run() {
     shift 2
     st_step "ansible-playbook $playbook $* ($name)"
     FLEET_RC=0
-    ANSIBLE_CONFIG=$ST_REPO/ansible/ansible.cfg ANSIBLE_STDOUT_CALLBACK=ansible.posix.json \
+    LC_ALL=C.UTF-8 ANSIBLE_CONFIG=$ST_REPO/ansible/ansible.cfg ANSIBLE_STDOUT_CALLBACK=ansible.posix.json \
         ANSIBLE_HOME=$ST_LOG_DIR/ansible-home ANSIBLE_NOCOLOR=1 \
         "$venv/bin/ansible-playbook" -i "$inventory" "$ST_REPO/ansible/playbooks/$playbook" "$@" \
         >"$ST_LOG_DIR/$name.json" 2>"$ST_LOG_DIR/$name.stderr" || FLEET_RC=$?
@@ -75,10 +81,12 @@ fleet_run() {
 }
 # stat HOST FIELD: a field of the recap of HOST (ok, changed, failures, ...); 0 when absent.
 stat() { jq -r --arg h "$1" --arg f "$2" '.stats[$h][$f] // 0' <<<"$FLEET_JSON"; }
-# result HOST TASK: the result of TASK (its name) on HOST, compact JSON ("null" if it never ran).
+# result HOST TASK: the result of TASK (its name; a role's tasks are "ROLE : NAME") on HOST,
+# compact JSON ("null" if it never ran).
 result() {
     jq -c --arg h "$1" --arg t "$2" \
-        '[.plays[].tasks[] | select(.task.name == $t) | .hosts[$h] // empty] | last' \
+        '[.plays[].tasks[] | select(.task.name == $t or (.task.name | endswith(" : " + $t)))
+          | .hosts[$h] // empty] | last' \
         <<<"$FLEET_JSON"
 }
 converge_task="Converge the host with the bs tools"
@@ -100,7 +108,7 @@ for h in "${hosts[@]}"; do
     assert_eq 0 "$(stat "$h" failures)" "first run: $h has no failure"
     (($(stat "$h" changed) >= 2)) || st_fail "first run: $h changed nothing (checkout and converge)"
     r=$(result "$h" "$converge_task")
-    assert_json_eq '[.rc, .mode, .changed, .failed_tools, (.tools | keys_unsorted)]' \
+    assert_json_eq '[.exit, .mode, .changed, .failed_tools, .tool_order]' \
         "[0,\"apply\",true,[],$all_tools]" "$r" "first run: $h's converge result"
     assert_json_eq '[.tools[] | .ok] | all' true "$r" "first run: every tool on $h is ok"
     assert_json_eq '.tools["bs-users"].summary.changed > 0' true "$r" \
@@ -110,8 +118,9 @@ for h in "${hosts[@]}"; do
     st_use "$h"
     assert_eq "$(st_exec git -C /opt/bs rev-parse "$tag^{commit}")" \
         "$(st_exec git -C /srv/bs rev-parse HEAD)" "$h: /srv/bs is at $tag"
-    assert_managed_groups
-    assert_person test-researcher "researchers reviewers docker"
+    # The accounts are really there (10-manage-twice checks the whole state of one host).
+    assert_eq "test-researcher docker researchers reviewers" \
+        "$(st_exec id -nG test-researcher)" "$h: test-researcher and its groups"
 done
 
 st_step "2. manage.yml again: nothing changes"
@@ -121,6 +130,19 @@ for h in "${hosts[@]}"; do
     assert_eq "0 0" "$(stat "$h" changed) $(stat "$h" failures)" "second run: $h changed=0 failures=0"
     assert_json_eq '[.tools[] | .summary.changed] | add' 0 "$(result "$h" "$converge_task")" \
         "second run: every tool on $h changed nothing"
+done
+
+st_step "2b. facts.yml: list/status of every tool, the records hidden (no_log)"
+fleet_run facts facts.yml
+assert_eq 0 "$FLEET_RC" "exit status of facts.yml"
+for h in "${hosts[@]}"; do
+    assert_json_eq '.censored | type' '"string"' "$(result "$h" "Gather list/status of every tool")" \
+        "$h: the facts task's result is hidden by no_log"
+    assert_json_eq '.msg | map(select(.[1])) | map(.[0]) | sort' '["bs-jobs","bs-perms","bs-users"]' \
+        "$(result "$h" "Show which tools answered")" "$h: bs-users, bs-perms and bs-jobs answered"
+    # The containers have no Docker engine and no chronyd: those two are warnings, not failures.
+    assert_json_eq '.warnings | map(split(":")[0]) | sort' '["bs-chrony status","bs-docker status"]' \
+        "$(result "$h" "Gather list/status of every tool")" "$h: the tools that could not answer are warned of"
 done
 
 st_step "3. a hand-made change on fleet2: check.yml reports it there alone and changes nothing"
@@ -135,7 +157,7 @@ fleet_run check check.yml --diff
 assert_eq 2 "$FLEET_RC" "exit status of check.yml with drift (a failed host: the fleet sum-up)"
 check_task="Run the check chain (nothing changes)"
 r=$(result fleet2 "$check_task")
-assert_json_eq '[.mode, .drift, .changed, .rc, .failed_tools]' '["check",true,true,3,[]]' "$r" \
+assert_json_eq '[.mode, .drift, .changed, .exit, .failed_tools]' '["check",true,true,3,[]]' "$r" \
     "fleet2's check result"
 assert_json_eq '.tools["bs-perms"].changed' true "$r" "fleet2: bs-perms found the drift"
 assert_json_eq '[.records["bs-perms"][] | select(.target == "/srv/high_privacy") | .differs] | first' \
@@ -145,7 +167,7 @@ assert_contains "$(jq -r '.diff[].prepared' <<<"$r")" "/srv/high_privacy" \
 assert_json_eq '[.tools | to_entries[] | select(.value.changed) | .key]' '["bs-perms"]' "$r" \
     "fleet2: bs-perms alone drifted"
 for h in fleet1 fleet3; do
-    assert_json_eq '[.mode, .drift, .changed, .rc]' '["check",false,false,0]' \
+    assert_json_eq '[.mode, .drift, .changed, .exit]' '["check",false,false,0]' \
         "$(result "$h" "$check_task")" "$h's check result: no drift"
     assert_eq "0 0" "$(stat "$h" changed) $(stat "$h" failures)" "check: $h changed=0 failures=0"
 done
@@ -167,10 +189,10 @@ fleet_run keyserver manage.yml
 assert_eq 2 "$FLEET_RC" "exit status of manage.yml with a failed host"
 assert_eq 1 "$(stat fleet3 failures)" "fleet3 is failed"
 r=$(result fleet3 "$converge_task")
-assert_json_eq '[.failed, .rc, .failed_tools]' '[true,1,["bs-users"]]' "$r" "fleet3's result"
+assert_json_eq '[.failed, .exit, .failed_tools]' '[true,1,["bs-users"]]' "$r" "fleet3's result"
 assert_json_eq '[.errors[] | select(.kind == "fetch_failed")] | length > 0' true "$r" \
     "fleet3: the fetch_failed error records are in the result"
-assert_json_eq '.tools | keys_unsorted' "$all_tools" "$r" \
+assert_json_eq '.tool_order' "$all_tools" "$r" \
     "fleet3: every tool still ran and is reported"
 assert_json_eq '[.tools | to_entries[] | select(.key != "bs-users") | .value.ok] | all' true "$r" \
     "fleet3: the other tools' results are there and ok"
@@ -193,7 +215,7 @@ for h in fleet2 fleet3; do mark "$h"; done
 fleet_run rollout-bad rollout.yml
 assert_eq 2 "$FLEET_RC" "exit status of a rollout whose canary failed"
 assert_eq 1 "$(stat fleet1 failures)" "the canary failed"
-assert_json_eq '.rc' 2 "$(result fleet1 "$converge_task")" "the canary's config error (exit 2)"
+assert_json_eq '.exit' 2 "$(result fleet1 "$converge_task")" "the canary's config error (exit 2)"
 for h in fleet2 fleet3; do
     assert_eq "0 0 0" "$(stat "$h" ok) $(stat "$h" changed) $(stat "$h" failures)" \
         "rollout: $h was not touched"
@@ -206,7 +228,8 @@ assert_eq 755 "$(docker exec "bs-st-fleet2-$ST_RUN" stat -c %a /srv/high_privacy
 st_step "5b. the canary mended: the rollout converges it, then production one at a time"
 st_use fleet1
 st_exec rm /etc/bs/local.toml
-fleet_run rollout-good rollout.yml
+# Both production hosts in one batch (bs_serial): the canary still goes first, alone.
+fleet_run rollout-good rollout.yml -e bs_serial=2
 assert_eq 0 "$FLEET_RC" "exit status of the rollout"
 for h in "${hosts[@]}"; do
     assert_eq 0 "$(stat "$h" failures)" "rollout: $h has no failure"
@@ -218,5 +241,14 @@ assert_eq 750 "$(docker exec "bs-st-fleet2-$ST_RUN" stat -c %a /srv/high_privacy
 assert_json_eq '[.plays[].play.name] | . as $n | [range(length) | select(. == 0 or $n[.] != $n[. - 1]) | $n[.]]' \
     '["Refuse a rollout without a canary","Converge the canary (the test backend)","Converge the production backends, one at a time"]' \
     "$FLEET_JSON" "the rollout's plays, canary first"
-assert_not_contains "$(cat "$ST_LOG_DIR"/*.json "$ST_LOG_DIR"/*.stderr)" "secrets.env" \
-    "no run names the secrets file"
+assert_json_eq '[.plays[] | select(.play.name | startswith("Converge the canary")) | .tasks[-1].hosts | keys]' \
+    '[["fleet1"]]' "$FLEET_JSON" "the canary play converged fleet1 alone"
+st_step "the hosts' tokens never left them"
+all_output=$(cat "$ST_LOG_DIR"/*.json "$ST_LOG_DIR"/*.stderr)
+assert_not_contains "$all_output" "$token" "no fleet run's output holds a host's token"
+for h in "${hosts[@]}"; do
+    assert_eq "600 root $token" \
+        "$(docker exec "bs-st-$h-$ST_RUN" sh -c 'stat -c "%a %U" /etc/bs/secrets.env &&
+            cut -d= -f2 /etc/bs/secrets.env' | tr '\n' ' ' | sed 's/ $//')" \
+        "$h's secrets file is where it was, as it was"
+done

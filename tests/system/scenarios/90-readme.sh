@@ -39,6 +39,11 @@ for need in "$rustup_home/toolchains" "$cargo_home/bin/cargo" "$cargo_home/regis
     [[ -e $need ]] || st_fail "the README scenario needs $need on this host (rustup, Docker)"
 done
 docker_cli=$(command -v docker)
+# Ansible for 70-fleet comes from PyPI into a venv (bin/bootstrap); the container reaches no
+# network, so the host's venv is lent read-only at the same path, and bootstrap finds it there.
+ansible_venv=${BS_ANSIBLE_VENV:-/usr/local/lib/bs-ansible}
+[[ -x $ansible_venv/bin/ansible-playbook ]] ||
+    st_fail "the README scenario needs the Ansible venv $ansible_venv (bin/bootstrap makes it)"
 
 st_step "the image: Debian 12 with bin/bootstrap's packages"
 "$ST_REPO/tests/images/build-dev" >/dev/null
@@ -52,7 +57,8 @@ st_start readme --pid host --cap-add SYS_ADMIN \
     -v "$rustup_home:/root/.rustup:ro" \
     -v "$cargo_home/bin:/root/.cargo/bin:ro" \
     -v "$cargo_home/registry:/mnt/host-cargo-registry:ro" \
-    -v /var/cache/bs-systest/debs:/var/cache/bs-systest/debs:ro
+    -v /var/cache/bs-systest/debs:/var/cache/bs-systest/debs:ro \
+    -v "$ansible_venv:$ansible_venv:ro"
 
 st_step "the machine: rustup's toolchain for root, a Docker engine, no bs tools yet"
 st_exec sh -c 'rm -f /usr/local/bin/bs-*'

@@ -102,8 +102,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-rc:
-  description: Exit status of the chain (0 ok, 1 an item failed, 2 usage or config error, 3 drift).
+exit:
+  description:
+    - Exit status of the chain (0 ok, 1 an item failed, 2 usage or config error, 3 drift).
+    - Not named C(rc), which Ansible would take for a failure whenever it is not 0 (drift is not).
   returned: always
   type: int
   sample: 0
@@ -118,7 +120,7 @@ drift:
   type: bool
   sample: false
 tools:
-  description: Per tool, in the order they ran, whether it changed or failed anything.
+  description: Per tool, whether it changed or failed anything.
   returned: always
   type: dict
   sample:
@@ -128,6 +130,12 @@ tools:
       ok: true
       exit: 0
       summary: {tool: bs-users, type: summary, changed: 0, unchanged: 12, failed: 0, ok: true}
+tool_order:
+  description: The tools in the order they ran (Ansible may print RV(tools) sorted).
+  returned: always
+  type: list
+  elements: str
+  sample: [bs-users, bs-perms, bs-docker, bs-chrony, bs-jobs, bs-release]
 failed_tools:
   description: The tools that failed an item or did not finish.
   returned: always
@@ -162,7 +170,7 @@ ansible_facts:
   type: dict
   contains:
     bs_converge:
-      description: O(backend), RV(mode), RV(rc), RV(drift), RV(tools) and RV(records).
+      description: O(backend), RV(mode), RV(exit), RV(drift), RV(tools), RV(tool_order) and RV(records).
       type: dict
       returned: always
 """
@@ -226,10 +234,11 @@ def main():
 
     result = dict(
         changed=changed,
-        rc=rc,
+        exit=rc,
         mode="check" if check else "apply",
         drift=bool(drift),
         tools=tools,
+        tool_order=order,
         failed_tools=failed_tools,
         records=kept,
         errors=errors,
@@ -238,9 +247,10 @@ def main():
         ansible_facts=dict(bs_converge=dict(
             backend=module.params["backend"],
             mode="check" if check else "apply",
-            rc=rc,
+            exit=rc,
             drift=bool(drift),
             tools=tools,
+            tool_order=order,
             records=kept,
         )),
     )

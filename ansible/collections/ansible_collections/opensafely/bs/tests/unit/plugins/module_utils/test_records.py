@@ -44,10 +44,10 @@ def test_a_failed_tool_does_not_hide_the_others():
 
 
 def test_a_tool_without_its_summary_is_failed():
-    parsed, _ = bsrec.parse_json_lines(lines(
+    parsed = bsrec.parse_json_lines(lines(
         {"tool": "bs-docker", "type": "network", "action": "create_network",
-         "target": "jobs-db", "changed": True}))
-    _, tools, _ = bsrec.by_tool(parsed)
+         "target": "jobs-db", "changed": True}))[0]
+    tools = bsrec.by_tool(parsed)[1]
     assert tools["bs-docker"] == {"summary": None, "changed": True, "failed": True,
                                   "exit": None, "ok": False}
 
@@ -72,11 +72,11 @@ def test_secret_looking_values_and_env_maps_are_masked():
 
 
 def test_diff_lists_each_changed_record_per_tool():
-    parsed, _ = bsrec.parse_json_lines(USERS_FAILED + lines(
+    parsed = bsrec.parse_json_lines(USERS_FAILED + lines(
         {"tool": "bs-jobs", "type": "unit", "action": "write_unit",
          "target": "/etc/systemd/system/bs-jobs-poller.service", "changed": True,
-         "content": "[Service]\nExecStart=bs-jobs poll\n"}))
-    order, _, _ = bsrec.by_tool(parsed)
+         "content": "[Service]\nExecStart=bs-jobs poll\n"}))[0]
+    order = bsrec.by_tool(parsed)[0]
     diff = bsrec.render_diff(order, parsed)
     assert [d["before_header"] for d in diff] == ["bs-users", "bs-jobs"]
     users = diff[0]["prepared"]
