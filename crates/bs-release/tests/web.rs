@@ -682,3 +682,36 @@ fn the_other_forms_do_what_the_cli_does() {
         r.records
     );
 }
+
+#[test]
+fn two_checkers_voting_at_once_both_count() {
+    let w = Web::start();
+    let id = w.submitted();
+    let paths = ["output/table.csv", "output/fig.png"];
+    std::thread::scope(|s| {
+        for who in ["rita", "victor"] {
+            let (w, id) = (&w, &id);
+            s.spawn(move || {
+                for p in paths {
+                    let r = w.post(
+                        who,
+                        &format!("/requests/{id}/vote"),
+                        &[("path", p), ("vote", "approve")],
+                    );
+                    assert_eq!(r.status, 303, "{who} {p}: {}", r.body);
+                }
+            });
+        }
+    });
+    let req = w.sb.request_json(&id);
+    for p in paths {
+        let mut who: Vec<&str> = req["files"][p]["reviews"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["reviewer"].as_str().unwrap())
+            .collect();
+        who.sort();
+        assert_eq!(who, vec!["rita", "victor"], "{p}");
+    }
+}
