@@ -56,9 +56,13 @@ pub struct ManifestOutput {
     pub size: u64,
     #[serde(deserialize_with = "number_or_zero")]
     pub timestamp: f64,
-    /// sha256 hex of the content (older bs-jobs manifests said `sha256`).
-    #[serde(alias = "sha256")]
+    /// sha256 hex of the content (job-runner's and Airlock's key).
+    #[serde(default)]
     pub content_hash: String,
+    /// The same, under the key older bs-jobs manifests used and bs-release
+    /// still reads: kept until bs-release reads `content_hash`.
+    #[serde(default)]
+    pub sha256: String,
     pub excluded: bool,
     #[serde(default)]
     pub message: Option<String>,
@@ -307,10 +311,19 @@ pub fn read_manifest(ws: &DirFd, workspace: &str) -> Result<Manifest> {
         Ok(m) => m,
         Err(_) => return Ok(fresh),
     };
-    match meta.read_file(OsStr::new("manifest.json"), 256 << 20)? {
-        Some((bytes, _)) => Ok(serde_json::from_slice(&bytes).unwrap_or(fresh)),
-        None => Ok(fresh),
+    let mut manifest = match meta.read_file(OsStr::new("manifest.json"), 256 << 20)? {
+        Some((bytes, _)) => serde_json::from_slice(&bytes).unwrap_or(fresh),
+        None => fresh,
+    };
+    // Entries an older bs-jobs wrote carry only `sha256`.
+    for out in manifest.outputs.values_mut() {
+        if out.content_hash.is_empty() {
+            out.content_hash = out.sha256.clone();
+        } else if out.sha256.is_empty() {
+            out.sha256 = out.content_hash.clone();
+        }
     }
+    Ok(manifest)
 }
 
 /// What finalize did with the outputs.
@@ -367,7 +380,8 @@ pub fn file_outputs(
             user: job.origin.user.clone(),
             size: copied.size,
             timestamp,
-            content_hash: copied.sha256,
+            content_hash: copied.sha256.clone(),
+            sha256: copied.sha256,
             excluded: false,
             message: None,
             row_count,
