@@ -146,15 +146,19 @@ st_volume() {
 
 # st_start NAME [DOCKER-RUN-ARGS...]: start a fresh container and make it the current one
 # (ST_C). It gets the checkout at /opt/bs, the bs-* binaries that exist and `just` in
-# /usr/local/bin, fresh sshd host keys and a running sshd logging to /var/log/sshd.log.
+# /usr/local/bin, fresh sshd host keys and a running sshd logging to /var/log/sshd.log (not
+# with `--network host`).
 st_start() {
     local -
     set -o pipefail # a failed copy must fail here, whatever the scenario set
     st__init
-    local name="bs-st-$1-$ST_RUN" arg net=(--network "$ST_NETWORK")
+    local name="bs-st-$1-$ST_RUN" arg net=(--network "$ST_NETWORK") prev="" host_net=0
     shift
     for arg in "$@"; do
         if [[ $arg == --network* || $arg == --net=* ]]; then net=(); fi
+        if [[ $arg == --network=host || $arg == --net=host ]] ||
+            [[ $arg == host && $prev == --network ]]; then host_net=1; fi
+        prev=$arg
     done
     st_step "start container $name"
     # --pull never: no registry is reachable, and a missing image must not be looked up in one.
@@ -193,6 +197,8 @@ st_start() {
             st__die "cannot copy $just into $name"
     fi
 
+    # A container on the host's network gets no sshd: it would listen on the host's interfaces.
+    ((host_net)) && return 0
     docker exec "$name" sh -c 'ssh-keygen -A >/dev/null && mkdir -p /run/sshd &&
         /usr/sbin/sshd -E /var/log/sshd.log' || st__die "cannot start sshd in $name"
     st__wait_port 22 || st__die "sshd in $name does not listen"

@@ -2,6 +2,7 @@
 # Self-test of the harness; needs no bs binary. The container has what later scenarios rely on
 # (isolation, the checkout, sshd with real key logins, sudo, chrony, POSIX ACLs on the image's
 # own file system and on a volume), and the assertions and the failure dump really fail.
+# systest-nested: run
 set -euo pipefail
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

@@ -4,6 +4,7 @@
 # changes nothing (every tool's summary says changed 0), pwck -r and grpck -r find the account
 # files clean, and `just check-backend test` then finds
 # no drift. Whatever tools the backend chains, each must print JSON Lines ending in its summary.
+# systest-nested: run
 set -euo pipefail
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"

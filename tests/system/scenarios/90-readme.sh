@@ -11,11 +11,15 @@
 # engine (the host's, through its socket, with the host's docker client). No bs-* binary is
 # installed beforehand: bootstrap builds and installs them.
 #
-# `just test` runs the system tests again inside; that run has BS_SYSTEST_NESTED=1 and skips this
-# scenario. The container shares the host's process ids (--pid host) so the nested runner's
+# `just test` runs the unit tests and the system tests again inside; that run has
+# BS_SYSTEST_NESTED=1: it never runs this scenario, and of the others only those marked
+# `# systest-nested: run` (the outer run has just run every one on this same engine). The container shares the host's process ids (--pid host) so the nested runner's
 # leftover sweep sees which scenario shells are alive, here and on the host. Root on a machine may
-# mount file systems (bs-perms' tests mount a tmpfs): the container has CAP_SYS_ADMIN. Neither
-# gives the tests inside more power than `just test` has when it runs on the host itself.
+# mount file systems (bs-perms' tests mount a tmpfs): the container has CAP_SYS_ADMIN. It shares
+# the host's network (--network host, CAP_NET_ADMIN) because the engine is the host's: a registry
+# the tests start on 127.0.0.1 must be the engine's 127.0.0.1, and the firewall tests work in the
+# namespaces and the DOCKER-USER chain the engine uses. None of this gives the tests inside more
+# power than `just test` has when it runs on the host itself.
 #
 # 15-host's cache of Debian packages (filled by the outer run's 15-host, which runs first) is
 # mounted read-only: the nested 15-host builds its local apt repository from it.
@@ -52,7 +56,7 @@ vol=$(st_volume readme)
 mp=$(docker volume inspect -f '{{.Mountpoint}}' "$vol")
 clone=$mp/bs
 tmp=$mp/tmp
-st_start readme --pid host --cap-add SYS_ADMIN \
+st_start readme --pid host --network host --cap-add SYS_ADMIN --cap-add NET_ADMIN \
     -v /var/run/docker.sock:/var/run/docker.sock -v "$vol:$mp" \
     -v "$rustup_home:/root/.rustup:ro" \
     -v "$cargo_home/bin:/root/.cargo/bin:ro" \
@@ -128,7 +132,13 @@ assert_json_eq '[.[] | select(.type == "summary")] | length > 0 and all(.ok)' tr
     "$(jq -R -s -c '[split("\n")[] | fromjson? | objects]' <<<"$out1")" \
     "the demo printed summaries, all ok"
 out2=$(<"$ST_LOG_DIR/readme-2.out")
-assert_contains "$out2" "SKIP  90-readme" "the nested system tests skipped this scenario"
+assert_contains "$out2" "nested run (BS_SYSTEST_NESTED=1)" \
+    "the nested system tests ran only the scenarios marked systest-nested"
+for s in "$ST_REPO"/tests/system/scenarios/*.sh; do
+    if grep -qx '# systest-nested: run' "$s"; then
+        assert_contains "$out2" "PASS  $(basename "$s" .sh)" "the nested run passed $(basename "$s" .sh)"
+    fi
+done
 assert_contains "$(<"$ST_LOG_DIR/readme-2.err")" " failed; logs in " \
     "the nested system tests ran to their end"
 printf 'nested system tests:\n%s\n' "$(grep -E '^(PASS|FAIL|SKIP) ' <<<"$out2")" >&2
