@@ -19,7 +19,7 @@ set -euo pipefail
 # shellcheck source=tests/system/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-st_require_bins bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release just
+st_require_bins bs-host bs-users bs-perms bs-docker bs-chrony bs-jobs bs-release just
 venv=${BS_ANSIBLE_VENV:-/usr/local/lib/bs-ansible}
 [[ -x $venv/bin/ansible-playbook ]] ||
     st__die "ansible-playbook is missing from $venv: run bin/bootstrap (it makes that venv)"
@@ -90,7 +90,8 @@ result() {
         <<<"$FLEET_JSON"
 }
 converge_task="Converge the host with the bs tools"
-all_tools='["bs-users","bs-perms","bs-docker","bs-chrony","bs-jobs","bs-release"]'
+# The test backend's manage chain, in its order (backends/test/justfile).
+all_tools='["bs-host","bs-users","bs-perms","bs-docker","bs-chrony","bs-jobs","bs-release"]'
 
 # nothing_changed_since HOST: no file under the trees bs manages is newer than the marker.
 mark() { docker exec "bs-st-$1-$ST_RUN" sh -c 'touch /tmp/fleet-marker && sleep 1'; }

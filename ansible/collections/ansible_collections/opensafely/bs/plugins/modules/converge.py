@@ -135,7 +135,7 @@ tool_order:
   returned: always
   type: list
   elements: str
-  sample: [bs-users, bs-perms, bs-docker, bs-chrony, bs-jobs, bs-release]
+  sample: [bs-host, bs-users, bs-perms, bs-docker, bs-chrony, bs-jobs, bs-release]
 failed_tools:
   description: The tools that failed an item or did not finish.
   returned: always
