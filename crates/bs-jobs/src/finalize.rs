@@ -59,9 +59,9 @@ pub struct ManifestOutput {
     /// sha256 hex of the content (job-runner's and Airlock's key).
     #[serde(default)]
     pub content_hash: String,
-    /// The same, under the key older bs-jobs manifests used and bs-release
-    /// still reads: kept until bs-release reads `content_hash`.
-    #[serde(default)]
+    /// The key older bs-jobs manifests used instead of `content_hash`: read
+    /// from them, never written (job-runner's manifest has no such key).
+    #[serde(default, skip_serializing)]
     pub sha256: String,
     pub excluded: bool,
     #[serde(default)]
@@ -318,9 +318,7 @@ pub fn read_manifest(ws: &DirFd, workspace: &str) -> Result<Manifest> {
     // Entries an older bs-jobs wrote carry only `sha256`.
     for out in manifest.outputs.values_mut() {
         if out.content_hash.is_empty() {
-            out.content_hash = out.sha256.clone();
-        } else if out.sha256.is_empty() {
-            out.sha256 = out.content_hash.clone();
+            out.content_hash = std::mem::take(&mut out.sha256);
         }
     }
     Ok(manifest)
@@ -380,8 +378,8 @@ pub fn file_outputs(
             user: job.origin.user.clone(),
             size: copied.size,
             timestamp,
-            content_hash: copied.sha256.clone(),
-            sha256: copied.sha256,
+            content_hash: copied.sha256,
+            sha256: String::new(),
             excluded: false,
             message: None,
             row_count,
