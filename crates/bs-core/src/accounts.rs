@@ -960,6 +960,19 @@ mod tests {
             .collect()
     }
 
+    /// A save that stops (as a kill would) after `renames` of its four renames.
+    fn save_stopped_after(db: &mut AccountDb, renames: usize) -> Result<Vec<PathBuf>> {
+        let mut n = 0;
+        db.save_with(&mut |_| {
+            n += 1;
+            if n > renames {
+                Err(CoreError::Usage("killed".into()))
+            } else {
+                Ok(())
+            }
+        })
+    }
+
     #[test]
     fn a_save_stopped_before_any_file_is_rolled_forward_by_the_next_run() {
         // Stop before the 1st, 2nd, 3rd and 4th rename: each time the next
@@ -974,15 +987,7 @@ mod tests {
             let lock = PwLock::acquire(&root, Duration::from_secs(1)).unwrap();
             let mut db = AccountDb::load(&root).unwrap();
             add_alice(&mut db);
-            let mut n = 0;
-            let stopped = db.save_with(&mut |_| {
-                n += 1;
-                if n > stop_at {
-                    Err(CoreError::Usage("killed".into()))
-                } else {
-                    Ok(())
-                }
-            });
+            let stopped = save_stopped_after(&mut db, stop_at);
             assert!(stopped.is_err());
             assert!(root.join(JOURNAL).exists(), "stop {stop_at}: no journal");
             let recovered = recover(&root, &lock).unwrap();
@@ -1009,15 +1014,7 @@ mod tests {
         let mut db = AccountDb::load(&root).unwrap();
         add_alice(&mut db);
         // Killed after shadow and passwd: alice has a passwd line but no group.
-        let mut n = 0;
-        let _ = db.save_with(&mut |_| {
-            n += 1;
-            if n > 2 {
-                Err(CoreError::Usage("killed".into()))
-            } else {
-                Ok(())
-            }
-        });
+        let _ = save_stopped_after(&mut db, 2);
         drop(lock);
         assert!(std::fs::read_to_string(dir.path().join("etc/passwd"))
             .unwrap()
@@ -1118,15 +1115,7 @@ mod tests {
         let mut db = AccountDb::load(&root).unwrap();
         add_alice(&mut db);
         // Killed after shadow and passwd were replaced ...
-        let mut n = 0;
-        let _ = db.save_with(&mut |_| {
-            n += 1;
-            if n > 2 {
-                Err(CoreError::Usage("killed".into()))
-            } else {
-                Ok(())
-            }
-        });
+        let _ = save_stopped_after(&mut db, 2);
         // ... then a `groupadd` before the next run.
         let group = std::fs::read_to_string(dir.path().join("etc/group")).unwrap();
         std::fs::write(dir.path().join("etc/group"), group + "staff2:x:3000:\n").unwrap();
